@@ -1,0 +1,91 @@
+"""Part 1: the manipulation-trace feature extractor ("Featex"), and the IMC decision head."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mantra_jax.nn import layers
+from mantra_jax.nn.config import ModelConfig
+
+_glorot = jax.nn.initializers.glorot_uniform()
+
+
+def layer_names(cfg: ModelConfig):
+    """Names and (in, out) widths of the 3x3 convs after b1c1, in order, then `transform`."""
+    names, prev = [], cfg.first_width
+    for b, block in enumerate(cfg.widths, start=1):
+        for j, width in enumerate(block, start=2 if b == 1 else 1):
+            names.append((f"b{b}c{j}", prev, width))
+            prev = width
+    names.append(("transform", prev, cfg.feature_dim))
+    return names
+
+
+def init(rng, cfg: ModelConfig) -> dict:
+    keys = iter(jax.random.split(rng, 64))
+    k = cfg.first_kernel
+    first = {}
+    if cfg.regular_filters:
+        first["regular_kernel"] = _glorot(next(keys), (k, k, 3, cfg.regular_filters))
+    if cfg.bayar_filters:
+        first["bayar_kernel"] = layers.bayar_project(_glorot(next(keys), (k, k, 3, cfg.bayar_filters)))
+    params = {"b1c1": first}
+    for name, c_in, c_out in layer_names(cfg):
+        params[name] = {"kernel": _glorot(next(keys), (3, 3, c_in, c_out)), "bias": jnp.zeros((c_out,))}
+    return params
+
+
+def first_layer_kernel(params: dict, cfg: ModelConfig):
+    """The combined b1c1 kernel [regular | 9 SRM | Bayar], concatenated on the output axis."""
+    parts = []
+    if cfg.regular_filters:
+        parts.append(params["b1c1"]["regular_kernel"])
+    if cfg.srm:
+        srm = layers.srm_kernels()
+        if cfg.first_kernel == 3:
+            srm = srm[1:4, 1:4]  # only reachable through a hand-made config; documented as cropped
+        parts.append(jnp.asarray(srm))
+    if cfg.bayar_filters:
+        parts.append(params["b1c1"]["bayar_kernel"])
+    return jnp.concatenate(parts, axis=-1)
+
+
+def apply(params: dict, x_NxHxWx3, cfg: ModelConfig):
+    """Featex: [-1, 1] RGB -> per-pixel L2-normalised features (N, H, W, feature_dim)."""
+    x = jax.nn.relu(layers.symmetric_conv(x_NxHxWx3, first_layer_kernel(params, cfg)))
+    for name, c_in, c_out in layer_names(cfg):
+        p = params[name]
+        y = layers.symmetric_conv(x, p["kernel"], p["bias"])
+        if name == "transform":
+            x = jnp.tanh(y) if cfg.transform_activation == "tanh" else y
+        else:
+            y = jax.nn.relu(y)
+            x = x + y if (cfg.residual and c_in == c_out) else y
+    return layers.l2_normalize(x)
+
+
+def init_imc_head(rng, cfg: ModelConfig) -> dict:
+    return {
+        "kernel": _glorot(rng, (3, 3, cfg.feature_dim, cfg.num_classes)),
+        "bias": jnp.zeros((cfg.num_classes,)),
+    }
+
+
+def imc_head(params: dict, feat_NxHxWxC):
+    """The IMC decision block: a 3x3 conv to the class count (a class map, the paper's Fig. 3b)."""
+    return layers.symmetric_conv(feat_NxHxWxC, params["kernel"], params["bias"])
+
+
+def count(cfg: ModelConfig) -> int:
+    k = cfg.first_kernel
+    n = k * k * 3 * (cfg.regular_filters + cfg.bayar_filters)
+    for _, c_in, c_out in layer_names(cfg):
+        n += 9 * c_in * c_out + c_out
+    return int(n)
+
+
+def receptive_radius(cfg: ModelConfig) -> int:
+    """How many pixels beyond a tile's edge influence its Featex output (for tiled inference)."""
+    return cfg.first_kernel // 2 + len(layer_names(cfg))
+
+

@@ -1,0 +1,121 @@
+"""Part 2: the local anomaly detection network (LADN).
+
+adapt -> batch norm -> window deviations -> Z-score against the global std -> ConvLSTM -> 7x7 pred.
+The pieces are separate functions so that tiled inference (mantra_jax/nn/tiled.py) can accumulate
+the image-wide statistics first and run the local part tile by tile.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mantra_jax.nn import layers
+from mantra_jax.nn.config import ModelConfig
+
+_glorot = jax.nn.initializers.glorot_uniform()
+_orthogonal = jax.nn.initializers.orthogonal()
+MIN_STD_INIT = 1e-5
+
+
+def init(rng, cfg: ModelConfig):
+    """Returns (params, batch_stats)."""
+    k_adapt, k_in, k_rec, k_pred = jax.random.split(rng, 4)
+    f, kl = cfg.lstm_filters, cfg.lstm_kernel
+    lstm_in = cfg.adapt_dim * (cfg.time_steps if cfg.anomaly == "fac" else 1)
+    rec = _orthogonal(k_rec, (kl * kl * f, 4 * f)).reshape(kl, kl, f, 4 * f)
+    bias = jnp.zeros((4 * f,)).at[f : 2 * f].set(1.0)  # Keras unit_forget_bias
+    params = {
+        "outlierTrans": {"kernel": layers.unit_norm(_glorot(k_adapt, (1, 1, cfg.feature_dim, cfg.adapt_dim)))},
+        "glbStd": {"min_std": jnp.full((cfg.adapt_dim,), MIN_STD_INIT)},
+        "cLSTM": {"kernel": _glorot(k_in, (kl, kl, lstm_in, 4 * f)), "recurrent_kernel": rec, "bias": bias},
+        "pred": {
+            "kernel": _glorot(k_pred, (cfg.pred_kernel, cfg.pred_kernel, f, 1)),
+            "bias": jnp.zeros((1,)),
+        },
+    }
+    stats = {"bnorm": {"moving_mean": jnp.zeros((cfg.adapt_dim,)), "moving_variance": jnp.ones((cfg.adapt_dim,))}}
+    return params, stats
+
+
+def adapt(params, stats, feat_NxHxWxC, cfg: ModelConfig, *, train: bool):
+    """1x1 unit-norm adaptation, then batch norm without scale or shift (float32 from here on).
+
+    Returns (features, new batch stats or None)."""
+    y = layers.conv(feat_NxHxWxC, params["outlierTrans"]["kernel"]).astype(jnp.float32)
+    bn = stats["bnorm"]
+    if train:
+        mean = jnp.mean(y, axis=(0, 1, 2))
+        var = jnp.mean(jnp.square(y - mean), axis=(0, 1, 2))
+        m = cfg.bn_momentum
+        new = {
+            "bnorm": {
+                "moving_mean": m * bn["moving_mean"] + (1 - m) * jax.lax.stop_gradient(mean),
+                "moving_variance": m * bn["moving_variance"] + (1 - m) * jax.lax.stop_gradient(var),
+            }
+        }
+    else:
+        mean, var, new = bn["moving_mean"], bn["moving_variance"], None
+    return (y - mean) * jax.lax.rsqrt(var + cfg.bn_epsilon), new
+
+
+def global_moments(y_NxHxWxC):
+    """Per-sample, per-channel mean and population (ddof 0) std over H, W."""
+    mean = jnp.mean(y_NxHxWxC, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(y_NxHxWxC - mean), axis=(1, 2), keepdims=True)
+    return mean, jnp.sqrt(var)
+
+
+def anomaly_features(params, y_NxHxWxC, global_mean, global_std, cfg: ModelConfig):
+    """The time-axis anomaly features (N, T, H, W, C) fed to the ConvLSTM.
+
+    `global_mean`/`global_std` are the image-wide moments of `y` (N, 1, 1, C), passed in so that a
+    tile can be scored against the whole image.
+    """
+    sigma = jnp.maximum(global_std, 1e-6 + params["glbStd"]["min_std"])
+    if cfg.anomaly == "zf":
+        return jnp.abs((global_mean - y_NxHxWxC) / sigma)[:, None]
+    devs = [layers.window_mean(y_NxHxWxC, k) - y_NxHxWxC for k in cfg.windows]
+    if cfg.use_global:
+        devs.append(global_mean - y_NxHxWxC)
+    dev = jnp.stack(devs, axis=1)
+    if cfg.anomaly == "df":
+        return dev
+    z = jnp.abs(dev / sigma[:, None])
+    if cfg.anomaly == "fac":  # feature-axis concatenation: one ConvLSTM step over all windows
+        n, t, h, w, c = z.shape
+        return jnp.moveaxis(z, 1, -2).reshape(n, 1, h, w, t * c)
+    return z
+
+
+def decide(params, z_NxTxHxWxC):
+    """ConvLSTM over the time axis, then the 7x7 prediction: pre-sigmoid logits (N, H, W)."""
+    h = layers.convlstm(params["cLSTM"], z_NxTxHxWxC)
+    return layers.conv(h, params["pred"]["kernel"], params["pred"]["bias"], padding="SAME")[..., 0]
+
+
+def apply(params, stats, feat_NxHxWxC, cfg: ModelConfig, *, train: bool):
+    """Featex features -> (logits (N, H, W), new batch stats or None)."""
+    y, new_stats = adapt(params, stats, feat_NxHxWxC, cfg, train=train)
+    mean, std = global_moments(y)
+    z = anomaly_features(params, y, mean, std, cfg)
+    return decide(params, z), new_stats
+
+
+def count(cfg: ModelConfig) -> tuple[int, int]:
+    """(trainable, non-trainable) parameter counts."""
+    f, kl = cfg.lstm_filters, cfg.lstm_kernel
+    lstm_in = cfg.adapt_dim * (cfg.time_steps if cfg.anomaly == "fac" else 1)
+    n = cfg.feature_dim * cfg.adapt_dim + cfg.adapt_dim
+    n += kl * kl * lstm_in * 4 * f + kl * kl * f * 4 * f + 4 * f
+    n += cfg.pred_kernel**2 * f + 1
+    return int(n), 2 * cfg.adapt_dim
+
+
+def receptive_radius(cfg: ModelConfig) -> int:
+    """Pixels beyond a tile edge that influence the local part (windows, ConvLSTM, pred), given the
+    image-wide moments."""
+    r_window = max(cfg.windows) // 2 if cfg.anomaly != "zf" else 0
+    r_lstm = cfg.time_steps * (cfg.lstm_kernel // 2)  # input conv and recurrent conv overlap
+    return int(r_window + r_lstm + cfg.lstm_kernel // 2 + cfg.pred_kernel // 2)
+
+
