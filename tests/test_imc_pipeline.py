@@ -1,0 +1,195 @@
+"""Tests for mantra_jax.data.imc_pipeline: samples, determinism, workers, state, shards, val."""
+
+import pickle
+
+import cv2
+import grain
+import numpy as np
+import pytest
+
+from mantra_jax.data import images, imc_pipeline, photos
+from mantra_jax.imc import manipulations, taxonomy
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    """Synthetic 256 x 512 textured photos: 4 in the train split, 2 in val."""
+    root = tmp_path_factory.mktemp("imc_photos")
+    rng = np.random.default_rng(0)
+    wanted = {"train": 4, "val": 2}
+    i = 0
+    while any(wanted.values()):
+        name = f"cam{i % 3}/p{i:03d}.png"
+        split = photos.split_of(name)
+        i += 1
+        if wanted.get(split, 0) == 0:
+            continue
+        wanted[split] -= 1
+        photo = rng.integers(0, 256, size=(256, 512, 3), dtype=np.uint8)
+        (root / name).parent.mkdir(exist_ok=True)
+        ok, encoded = cv2.imencode(".png", photo)
+        (root / name).write_bytes(encoded.tobytes())
+    built = photos.build_patch_index(root, use_cache=False)
+    assert (len(built.train), len(built.val), len(built.test)) == (8, 4, 0)
+    return built
+
+
+def _take(iterator, n):
+    # Copy out of grain's shared-memory arrays so nothing outlives the iterator.
+    return [{k: np.array(v) for k, v in next(iterator).items()} for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_source_loads_the_indexed_patch_and_pickles_without_cache(index):
+    source = imc_pipeline.ImcSource(index.root, index.train, index.patch_size, cache_images=2)
+    assert len(source) == len(index.train)
+    for i in (0, len(source) - 1, 1):
+        entry = index.train[i]
+        full = images.read_rgb(index.image_path(entry))
+        np.testing.assert_array_equal(source[i], full[entry.y : entry.y + 256, entry.x : entry.x + 256])
+    assert len(source._cache) <= 2
+    clone = pickle.loads(pickle.dumps(source))
+    assert len(clone._cache) == 0
+    np.testing.assert_array_equal(clone[3], source[3])
+    with pytest.raises(ValueError, match="at least one patch"):
+        imc_pipeline.ImcSource(index.root, [], 256)
+
+
+def test_imc_sample_is_manipulation_then_crop(index):
+    source = imc_pipeline.ImcSource(index.root, index.train, index.patch_size)
+    patch = source[0]
+    leaf = 123
+    sample = imc_pipeline.imc_sample(patch, leaf, 10, 70, 128, 2, np.random.default_rng(5))
+    reference = manipulations.apply(leaf, patch, np.random.default_rng(5))[10:138, 70:198]
+    np.testing.assert_array_equal(sample["image"], reference)
+    assert sample["label"] == taxonomy.leaf_to_level(leaf, 2) and sample["leaf"] == leaf
+
+
+def test_train_batches_shapes_labels_and_seed(index):
+    level = 3
+    iterator = iter(imc_pipeline.make_train_dataset(index, seed=7, batch_size=3, level=level))
+    batches = _take(iterator, 3)
+    for batch in batches:
+        assert batch["image"].shape == (3, 128, 128, 3) and batch["image"].dtype == np.uint8
+        assert batch["label"].dtype == np.int32 and batch["leaf"].dtype == np.int32
+        assert batch["leaf"].min() >= 0 and batch["leaf"].max() < manipulations.NUM_LEAVES
+        np.testing.assert_array_equal(batch["label"], taxonomy.leaf_to_level(batch["leaf"], level))
+    again = _take(iter(imc_pipeline.make_train_dataset(index, seed=7, batch_size=3, level=level)), 3)
+    _assert_same_batches(batches, again)
+    other = _take(iter(imc_pipeline.make_train_dataset(index, seed=8, batch_size=3, level=level)), 3)
+    assert not all(np.array_equal(a["leaf"], b["leaf"]) for a, b in zip(batches, other))
+
+
+def test_iterator_state_restore_continues_the_stream(index):
+    def fresh():
+        return iter(imc_pipeline.make_train_dataset(index, seed=1, batch_size=2, level=5))
+
+    uninterrupted = fresh()
+    _take(uninterrupted, 3)
+    saved = imc_pipeline.iterator_state_to_json(uninterrupted)
+    expected = _take(uninterrupted, 2)
+    resumed = fresh()
+    imc_pipeline.restore_iterator_state(resumed, saved)
+    _assert_same_batches(_take(resumed, 2), expected)
+
+
+def test_zero_and_two_workers_give_identical_batches_and_state(index):
+    def run(workers, state=None, n=3):
+        dataset = imc_pipeline.make_train_dataset(
+            index, seed=11, batch_size=2, worker_count=workers, prefetch_buffer=1
+        )
+        iterator = iter(dataset)
+        if state is not None:
+            imc_pipeline.restore_iterator_state(iterator, state)
+        batches = _take(iterator, n)
+        state_after = imc_pipeline.iterator_state_to_json(iterator)
+        if hasattr(iterator, "close"):
+            iterator.close()
+        return batches, state_after
+
+    in_process, _ = run(0, n=5)
+    with_workers, state = run(2, n=3)
+    _assert_same_batches(with_workers, in_process[:3])
+    # Resuming a 2-worker iterator from its saved state continues where it stopped.
+    resumed, _ = run(2, state=state, n=2)
+    _assert_same_batches(resumed, in_process[3:5])
+
+
+def test_shards_partition_the_global_order():
+    n = 13
+    whole = grain.MapDataset.source(list(range(n)))
+    unsharded = imc_pipeline.ordered_patches(whole, seed=4)
+    first_epoch = [unsharded[i] for i in range(n)]
+    assert sorted(first_epoch) == list(range(n)) and first_epoch != list(range(n))
+    stream = [unsharded[i] for i in range(60)]
+    for shard_index in range(3):
+        shard = imc_pipeline.ordered_patches(whole, seed=4, shard_index=shard_index, shard_count=3)
+        assert [shard[i] for i in range(20)] == stream[shard_index::3]
+    with pytest.raises(ValueError, match="shard_index"):
+        imc_pipeline.ordered_patches(whole, seed=4, shard_index=3, shard_count=3)
+
+
+def test_val_plan_is_balanced_over_leaves_and_patches(index):
+    plan = imc_pipeline.make_val_plan(index.val, seed=0, n_samples=2 * manipulations.NUM_LEAVES)
+    assert plan == imc_pipeline.make_val_plan(index.val, seed=0, n_samples=2 * manipulations.NUM_LEAVES)
+    leaves = np.bincount([s.leaf for s in plan], minlength=manipulations.NUM_LEAVES)
+    assert (leaves == 2).all()
+    per_patch = np.unique([index.val.index(s.entry) for s in plan], return_counts=True)[1]
+    assert per_patch.max() - per_patch.min() <= 1 and len(per_patch) == len(index.val)
+    assert all(0 <= s.crop_y <= 128 and 0 <= s.crop_x <= 128 for s in plan)
+    with pytest.raises(ValueError, match="validation split has no patch"):
+        imc_pipeline.make_val_plan((), seed=0, n_samples=4)
+
+
+def test_val_batches_are_fixed_and_padded(index):
+    batches = imc_pipeline.make_val_batches(index, seed=3, n_samples=5, batch_size=2, level=1)
+    _assert_same_batches(batches, imc_pipeline.make_val_batches(index, seed=3, n_samples=5, batch_size=2, level=1))
+    assert len(batches) == 3
+    for batch in batches:
+        assert batch["image"].shape == (2, 128, 128, 3) and batch["image"].dtype == np.uint8
+        np.testing.assert_array_equal(batch["label"], taxonomy.leaf_to_level(batch["leaf"], 1))
+    np.testing.assert_array_equal(np.concatenate([b["weight"] for b in batches]), [1, 1, 1, 1, 1, 0])
+    assert batches[-1]["weight"].dtype == np.float32
+    np.testing.assert_array_equal(batches[-1]["image"][1], batches[-1]["image"][0])
+    # The plan decides the content: rebuilding sample 4 by hand gives the same image.
+    sample = imc_pipeline.make_val_plan(index.val, seed=3, n_samples=5)[4]
+    patch = imc_pipeline.ImcSource(index.root, [sample.entry])[0]
+    expected = imc_pipeline.imc_sample(
+        patch, sample.leaf, sample.crop_y, sample.crop_x, 128, 1, np.random.default_rng(sample.noise_seed)
+    )
+    np.testing.assert_array_equal(batches[2]["image"][0], expected["image"])
+    with pytest.raises(ValueError, match="unknown split"):
+        imc_pipeline.make_val_batches(index, seed=3, n_samples=5, batch_size=2, split="dev")
+
+
+def test_patch_groups_cover_each_photo_and_decode_once(index):
+    groups = imc_pipeline.group_patches(index.train, 3, seed=2)
+    assert groups == imc_pipeline.group_patches(index.train, 3, seed=2)
+    for group in groups:
+        assert len(group) == 3 and len({e.path for e in group}) == 1
+    for path in {e.path for e in index.train}:
+        mine = [e for g in groups for e in g if e.path == path]
+        assert set(mine) == {e for e in index.train if e.path == path}
+    with pytest.raises(ValueError, match="group_size"):
+        imc_pipeline.group_patches(index.train, 0, seed=2)
+
+    def batches(seed):
+        dataset = imc_pipeline.make_train_dataset(
+            index, seed=seed, batch_size=6, level=4, patches_per_image=3
+        )
+        return _take(iter(dataset), 2)
+
+    grouped = batches(5)
+    _assert_same_batches(grouped, batches(5))
+    for batch in grouped:
+        assert batch["image"].shape == (6, 128, 128, 3) and batch["leaf"].shape == (6,)
+        np.testing.assert_array_equal(batch["label"], taxonomy.leaf_to_level(batch["leaf"], 4))
+    with pytest.raises(ValueError, match="multiple of patches_per_image"):
+        imc_pipeline.make_train_dataset(index, seed=0, batch_size=4, patches_per_image=3)
