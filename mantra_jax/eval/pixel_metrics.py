@@ -1,0 +1,390 @@
+"""Pixel- and image-level forgery-localisation metrics from stored per-image statistics.
+
+One pass over a benchmark stores, per image, two histograms of the predicted forgery
+likelihood: one over the ground truth's forged pixels and one over its pristine pixels
+(``bins`` uniform bins over [0, 1]), plus the image score (mean and max likelihood) and the
+size. Every metric variant below is recomputed from these without running the model again:
+
+* pixel ROC AUC per image (then averaged) and pooled over all pixels of a set; exact up to
+  ties inside a bin, which count half (the trapezoid rule on the binned ROC curve);
+* the paper's negation rule (ManTra-Net Table 8, after Huh et al. 2018): when more than 50 %
+  of an image's ground-truth pixels are forged, its prediction is negated (p -> 1 - p) before
+  the AUC is taken; on by default, and the number of flipped images is reported;
+* F1 and IoU at the fixed threshold 0.5, and the best-threshold ("oracle") F1, per image; each
+  optionally with prediction inversion, max(F(p), F(1 - p)) per image (the TruFor /
+  IMDL-BenCo "double" convention);
+* image-level AUC and balanced accuracy against authentic images.
+
+Threshold convention: a pixel is predicted forged when ``p >= t``. The bin edges are k / bins
+with ``bins`` a power of two, so 0.5 is an edge and ``floor(p * bins)`` is exact in binary
+floating point: "p >= 0.5" is decided exactly, not up to a bin.
+
+Policies (repeated in every summary):
+* a mask with no forged pixel, or no pristine pixel, has no AUC: the image is left out of the
+  per-image AUC mean, never scored 0; its pixels still enter the pooled AUC;
+* a mask with no forged pixel is left out of the per-image F1 and IoU means (as TruFor does);
+  authentic images given separately enter the image-level metrics only.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BINS = 1024
+FIXED_THRESHOLD = 0.5
+# A float32 sigmoid may overshoot [0, 1] by rounding; anything beyond this is a predictor bug
+# and is reported rather than clipped away.
+_RANGE_TOLERANCE = 1e-5
+_STATS_KEYS = ("names", "hist_forged", "hist_pristine", "score_mean", "score_max", "height", "width")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageStats:
+    """What one pass stores about one image; every metric here is a function of these."""
+
+    name: str
+    hist_forged: np.ndarray  # int64[bins]: likelihood histogram over ground-truth forged pixels
+    hist_pristine: np.ndarray  # int64[bins]: the same over pristine pixels
+    score_mean: float  # mean pixel likelihood, the paper's image score
+    score_max: float
+    height: int
+    width: int
+
+    @property
+    def bins(self) -> int:
+        return int(self.hist_forged.shape[0])
+
+    @property
+    def n_forged(self) -> int:
+        return int(self.hist_forged.sum())
+
+    @property
+    def n_pristine(self) -> int:
+        return int(self.hist_pristine.sum())
+
+    @property
+    def forged_fraction(self) -> float:
+        total = self.n_forged + self.n_pristine
+        return self.n_forged / total if total else 0.0
+
+
+def check_bins(bins: int) -> int:
+    """Returns ``bins`` if it is a power of two >= 2, so that 0.5 is an exact bin edge."""
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2 or bins & (bins - 1):
+        raise ValueError(f"bins must be a power of two >= 2 (so that 0.5 is an exact bin edge), got {bins!r}")
+    return int(bins)
+
+
+def image_stats(prob_HxW: np.ndarray, mask_HxW: np.ndarray | None, *, bins: int = DEFAULT_BINS,
+                name: str = "") -> ImageStats:
+    """Histograms one image's prediction over its forged and its pristine pixels.
+
+    Args:
+      prob_HxW: forgery likelihood per pixel, floats in [0, 1].
+      mask_HxW: ground truth in {0, 1} (any non-zero value counts as forged), or None for an
+        authentic image (every pixel pristine).
+      bins: number of uniform bins over [0, 1], a power of two.
+      name: the image's name, for reports and error messages.
+    """
+    bins = check_bins(bins)
+    label = name or "prediction"
+    prob = np.asarray(prob_HxW)
+    if prob.ndim != 2:
+        raise ValueError(f"{label}: expected an HxW likelihood map, got shape {prob.shape}")
+    if mask_HxW is not None and np.shape(mask_HxW) != prob.shape:
+        raise ValueError(f"{label}: prediction shape {prob.shape} differs from mask shape {np.shape(mask_HxW)}")
+    prob = prob.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(prob)):
+        raise ValueError(f"{label}: the likelihood map holds NaN or infinite values")
+    lo, hi = float(prob.min()), float(prob.max())
+    if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
+        raise ValueError(f"{label}: likelihoods must lie in [0, 1], got range [{lo:.6g}, {hi:.6g}]")
+    prob = np.clip(prob, 0.0, 1.0)
+    # Scaling by a power of two is exact, so  p >= k / bins  <=>  floor(p * bins) >= k.
+    bin_index = np.minimum(np.floor(prob * bins).astype(np.int64), bins - 1)
+    forged = np.zeros(prob.shape, np.int64) if mask_HxW is None else (np.asarray(mask_HxW) != 0).astype(np.int64)
+    counts = np.bincount((bin_index + bins * forged).ravel(), minlength=2 * bins).astype(np.int64)
+    return ImageStats(
+        name=name,
+        hist_forged=counts[bins:],
+        hist_pristine=counts[:bins],
+        score_mean=float(prob.mean()),
+        score_max=float(prob.max()),
+        height=int(prob.shape[0]),
+        width=int(prob.shape[1]),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics from histograms
+# --------------------------------------------------------------------------------------------
+def histogram_auc(hist_pos: np.ndarray, hist_neg: np.ndarray) -> float | None:
+    """ROC AUC of positives against negatives from binned scores; ties within a bin count half.
+
+    Equals P(bin_pos > bin_neg) + P(bin_pos == bin_neg) / 2, the area under the binned ROC
+    curve by the trapezoid rule. None when either class is empty (the AUC is undefined).
+    """
+    pos = np.asarray(hist_pos, np.float64)
+    neg = np.asarray(hist_neg, np.float64)
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return None
+    neg_below = np.cumsum(neg) - neg
+    return float(np.dot(pos, neg_below + 0.5 * neg) / (n_pos * n_neg))
+
+
+def _confusion_at_all_thresholds(hist_pos: np.ndarray, hist_neg: np.ndarray):
+    """TP, FP, FN at the thresholds k / bins for k = 0..bins (predicted forged iff bin >= k)."""
+    zero = np.zeros(1, np.int64)
+    tp = np.concatenate([np.cumsum(hist_pos[::-1])[::-1], zero])
+    fp = np.concatenate([np.cumsum(hist_neg[::-1])[::-1], zero])
+    fn = int(hist_pos.sum()) - tp
+    return tp.astype(np.float64), fp.astype(np.float64), fn.astype(np.float64)
+
+
+def _safe_ratio(num, den):
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.divide(num, den, out=np.zeros_like(den), where=den > 0)
+
+
+def _threshold_metrics(hist_pos: np.ndarray, hist_neg: np.ndarray):
+    """(F1 at 0.5, IoU at 0.5, best F1, its threshold) for one orientation of a prediction."""
+    bins = hist_pos.shape[0]
+    tp, fp, fn = _confusion_at_all_thresholds(hist_pos, hist_neg)
+    f1 = _safe_ratio(2 * tp, 2 * tp + fp + fn)
+    half = bins // 2
+    best = int(np.argmax(f1))
+    iou_half = _safe_ratio(tp[half], tp[half] + fp[half] + fn[half])
+    return float(f1[half]), float(iou_half), float(f1[best]), best / bins
+
+
+def image_metrics(stats: ImageStats, *, negate_rule: bool = True, invert: bool = False) -> dict:
+    """One image's metrics, a report row.
+
+    ``auc`` is None when the mask has no forged or no pristine pixel; ``negated`` says whether
+    the negation rule flipped the prediction for the AUC. The F1/IoU entries are None for a
+    mask without forged pixels. With ``invert`` each of F1@0.5, IoU@0.5 and best F1 is the max
+    over p and 1 - p, and ``inverted`` says whether 1 - p won at the fixed threshold; the best
+    threshold is then reported on the flipped map's scale. Flipping reverses the bins, so the
+    flipped map counts a pixel forged when 1 - p > t: the edge changes side, and p == 0.5
+    exactly is forged in the original orientation and pristine in the flipped one.
+    """
+    pos, neg = stats.hist_forged, stats.hist_pristine
+    negated = bool(negate_rule and stats.forged_fraction > 0.5)
+    # p -> 1 - p maps bin i to bin (bins - 1 - i): a reversed histogram.
+    auc = histogram_auc(pos[::-1], neg[::-1]) if negated else histogram_auc(pos, neg)
+    row = {
+        "name": stats.name,
+        "height": stats.height,
+        "width": stats.width,
+        "forged_fraction": stats.forged_fraction,
+        "image_score_mean": stats.score_mean,
+        "image_score_max": stats.score_max,
+        "auc": auc,
+        "negated": negated and auc is not None,
+        "f1_at_0.5": None,
+        "iou_at_0.5": None,
+        "f1_best": None,
+        "best_threshold": None,
+        "inverted": False,
+    }
+    if stats.n_forged == 0:
+        return row
+    f1_half, iou_half, f1_best, t_best = _threshold_metrics(pos, neg)
+    if invert:
+        inv_f1_half, inv_iou_half, inv_f1_best, inv_t_best = _threshold_metrics(pos[::-1], neg[::-1])
+        if inv_f1_half > f1_half:
+            f1_half, iou_half, row["inverted"] = inv_f1_half, inv_iou_half, True
+        if inv_f1_best > f1_best:
+            f1_best, t_best = inv_f1_best, inv_t_best
+    row.update({"f1_at_0.5": f1_half, "iou_at_0.5": iou_half, "f1_best": f1_best, "best_threshold": t_best})
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# Image level
+# --------------------------------------------------------------------------------------------
+def _scores_and_labels(scores, labels):
+    scores = np.asarray(scores, np.float64).ravel()
+    labels = np.asarray(labels).ravel() != 0
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores.size} scores but {labels.size} labels")
+    return scores, labels
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+    """Exact ROC AUC (Mann-Whitney U with tie-averaged ranks), label 1 = positive.
+
+    None when either class is empty.
+    """
+    scores, labels = _scores_and_labels(scores, labels)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    run_starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    run_ends = np.r_[run_starts[1:], scores.size]
+    ranks = np.empty(scores.size, np.float64)
+    ranks[order] = np.repeat((run_starts + run_ends + 1) / 2.0, run_ends - run_starts)  # 1-based
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def balanced_accuracy(scores: Sequence[float], labels: Sequence[int], threshold: float) -> float | None:
+    """(TPR + TNR) / 2 with an image predicted forged when ``score >= threshold``.
+
+    None when either class is empty.
+    """
+    scores, labels = _scores_and_labels(scores, labels)
+    if labels.all() or not labels.any():
+        return None
+    predicted = scores >= threshold
+    return float((predicted[labels].mean() + (~predicted[~labels]).mean()) / 2)
+
+
+def best_balanced_accuracy(scores: Sequence[float], labels: Sequence[int]) -> tuple[float | None, float | None]:
+    """The best balanced accuracy over all thresholds (an oracle) and the threshold reaching it."""
+    scores, labels = _scores_and_labels(scores, labels)
+    if labels.all() or not labels.any():
+        return None, None
+    thresholds = np.unique(np.r_[scores, np.inf])  # inf: nothing predicted forged
+    pos, neg = np.sort(scores[labels]), np.sort(scores[~labels])
+    tpr = 1.0 - np.searchsorted(pos, thresholds, side="left") / pos.size
+    tnr = np.searchsorted(neg, thresholds, side="left") / neg.size
+    values = (tpr + tnr) / 2
+    best = int(np.argmax(values))
+    return float(values[best]), float(thresholds[best])
+
+
+# --------------------------------------------------------------------------------------------
+# Set level
+# --------------------------------------------------------------------------------------------
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(stats: Sequence[ImageStats], *, negate_rule: bool = True, invert: bool = False,
+              authentic: Sequence[ImageStats] | Sequence[float] | None = None,
+              image_score: str = "mean") -> dict:
+    """Set-level metrics over images with ground truth, and authentic images for the image level.
+
+    Args:
+      stats: per-image statistics of the images that have a ground-truth mask.
+      negate_rule: the paper's rule, negate an image's prediction for the AUC when its ground
+        truth is more than 50 % forged; the pooled AUC uses the same flipped histograms.
+      invert: per-image max over p and 1 - p for F1 and IoU.
+      authentic: statistics (or bare image scores) of authentic images. Given, the summary adds
+        ``image_auc`` and balanced accuracies, the forged images' scores being the positives.
+      image_score: "mean" (the paper's, mean likelihood) or "max" likelihood as image score.
+
+    Returns a JSON-ready dict; undefined values are None. Balanced accuracy is reported at the
+    fixed image-score threshold 0.5 and at the best threshold (an oracle, with the threshold).
+    """
+    if image_score not in ("mean", "max"):
+        raise ValueError(f"image_score must be 'mean' or 'max', got {image_score!r}")
+    bin_counts = {s.bins for s in stats} | {a.bins for a in authentic or () if isinstance(a, ImageStats)}
+    if len(bin_counts) > 1:
+        raise ValueError(f"statistics were stored with different bin counts: {sorted(bin_counts)}")
+    rows = [image_metrics(s, negate_rule=negate_rule, invert=invert) for s in stats]
+
+    pooled_auc = None
+    if stats:
+        pooled_pos = np.zeros(stats[0].bins, np.int64)
+        pooled_neg = np.zeros(stats[0].bins, np.int64)
+        for s in stats:
+            flip = negate_rule and s.forged_fraction > 0.5
+            pooled_pos += s.hist_forged[::-1] if flip else s.hist_forged
+            pooled_neg += s.hist_pristine[::-1] if flip else s.hist_pristine
+        pooled_auc = histogram_auc(pooled_pos, pooled_neg)
+
+    summary = {
+        "n_images": len(stats),
+        "pixel_auc_mean": _mean(r["auc"] for r in rows),
+        "pixel_auc_pooled": pooled_auc,
+        "f1_at_0.5_mean": _mean(r["f1_at_0.5"] for r in rows),
+        "f1_best_mean": _mean(r["f1_best"] for r in rows),
+        "iou_at_0.5_mean": _mean(r["iou_at_0.5"] for r in rows),
+        "n_auc_scored": sum(r["auc"] is not None for r in rows),
+        "n_auc_undefined": sum(r["auc"] is None for r in rows),
+        "n_empty_masks": sum(s.n_forged == 0 for s in stats),
+        "n_f1_scored": sum(r["f1_at_0.5"] is not None for r in rows),
+        "negate_rule": bool(negate_rule),
+        "n_negated": sum(r["negated"] for r in rows),
+        "invert_predictions": bool(invert),
+        "n_inverted_at_0.5": sum(r["inverted"] for r in rows),
+        "bins": next(iter(bin_counts)) if bin_counts else None,
+        "threshold_rule": "a pixel is predicted forged when p >= threshold",
+        "auc_policy": "per-image AUC left out (never scored 0) when a mask has no forged or no pristine "
+                      "pixel; the pooled AUC sums every image's histograms",
+        "f1_policy": "masks without forged pixels are left out of the per-image F1 and IoU means",
+    }
+    if authentic is not None:
+        def score_of(item):
+            if isinstance(item, ImageStats):
+                return item.score_mean if image_score == "mean" else item.score_max
+            return float(item)
+
+        forged_scores = [score_of(s) for s in stats]
+        authentic_scores = [score_of(a) for a in authentic]
+        scores = forged_scores + authentic_scores
+        labels = [1] * len(forged_scores) + [0] * len(authentic_scores)
+        best_accuracy, best_threshold = best_balanced_accuracy(scores, labels)
+        summary.update({
+            "n_authentic": len(authentic_scores),
+            "image_score": image_score,
+            "image_auc": roc_auc(scores, labels),
+            "image_balanced_accuracy_at_0.5": balanced_accuracy(scores, labels, FIXED_THRESHOLD),
+            "image_balanced_accuracy_best": best_accuracy,
+            "image_best_threshold": best_threshold,
+            "authentic_pixel_policy": "authentic images enter the image-level metrics only",
+        })
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Storage: .npz of plain arrays, loaded without pickle
+# --------------------------------------------------------------------------------------------
+def save_stats(path: str | Path, stats: Sequence[ImageStats], *, bins: int = DEFAULT_BINS) -> None:
+    """Writes per-image statistics to ``path`` (.npz); ``bins`` only shapes an empty file."""
+    if stats:
+        bins = stats[0].bins
+        if any(s.bins != bins for s in stats):
+            raise ValueError(f"{path}: cannot store statistics with different bin counts in one file")
+    empty_hist = np.zeros((0, bins), np.int64)
+    np.savez_compressed(
+        path,
+        names=np.array([s.name for s in stats], dtype=np.str_).reshape(-1),
+        hist_forged=np.stack([s.hist_forged for s in stats]) if stats else empty_hist,
+        hist_pristine=np.stack([s.hist_pristine for s in stats]) if stats else empty_hist,
+        score_mean=np.array([s.score_mean for s in stats], np.float64),
+        score_max=np.array([s.score_max for s in stats], np.float64),
+        height=np.array([s.height for s in stats], np.int64),
+        width=np.array([s.width for s in stats], np.int64),
+    )
+
+
+def load_stats(path: str | Path) -> list[ImageStats]:
+    """Reads statistics written by :func:`save_stats`."""
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in _STATS_KEYS if k not in data.files]
+        if missing:
+            raise ValueError(f"{path}: not a statistics file written by save_stats (missing {missing})")
+        arrays = {k: data[k] for k in _STATS_KEYS}
+    return [
+        ImageStats(
+            name=str(arrays["names"][i]),
+            hist_forged=arrays["hist_forged"][i].astype(np.int64),
+            hist_pristine=arrays["hist_pristine"][i].astype(np.int64),
+            score_mean=float(arrays["score_mean"][i]),
+            score_max=float(arrays["score_max"][i]),
+            height=int(arrays["height"][i]),
+            width=int(arrays["width"][i]),
+        )
+        for i in range(arrays["names"].shape[0])
+    ]
