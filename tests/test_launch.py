@@ -1,0 +1,647 @@
+"""Tests for launch/: sweep expansion, local and SLURM runs, summaries, and the launchers.
+
+Everything here runs the launch scripts as they are run on a cluster (subprocesses of the
+standard-library scripts) with fake trainers, a fake `sbatch` and a fake `srun`.
+"""
+import ast
+import csv
+import importlib.util
+import io
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from absl import flags as absl_flags
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+SWEEPS = LAUNCH / "sweeps"
+
+
+def _load_module(name, path):
+    """Imports a launch/ script by path (launch/ is scripts, not a package)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it is executed
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+sweep = _load_module("launch_sweep", LAUNCH / "sweep.py")
+
+
+def run_script(args, *, cwd=REPO, env=None, timeout=60):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# No JAX in launch/
+# ------------------------------------------------------------------------------------------------
+JAX_PACKAGES = {"jax", "jaxlib", "flax", "optax", "orbax", "mantra_jax", "grain"}
+
+
+@pytest.mark.parametrize("path", sorted(LAUNCH.rglob("*.py")), ids=lambda p: p.name)
+def test_launch_scripts_import_no_jax(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & JAX_PACKAGES, f"{path} imports {imported & JAX_PACKAGES}"
+
+
+def test_sweep_dry_run_loads_no_jax_at_run_time(tmp_path):
+    probe = textwrap.dedent("""
+        import runpy, sys
+        sys.argv = ["sweep.py", "--dry_run", sys.argv[1], "--root", sys.argv[2]]
+        try:
+            runpy.run_path("launch/sweep.py", run_name="__main__")
+        except SystemExit as exit:
+            assert exit.code == 0, exit.code
+        assert "jax" not in sys.modules, "jax was imported"
+    """)
+    result = run_script(["-c", probe, SWEEPS / "table4_hierarchy.toml", tmp_path / "r"])
+    assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Example specs
+# ------------------------------------------------------------------------------------------------
+EXAMPLES = {
+    "table2_backbones.toml": ("experiments.imc385", "backbone", ["vgg", "resnet", "dncnn"]),
+    "table3_first_layer.toml": ("experiments.imc385", "first_layer",
+                                ["plain3", "plain5", "bayar", "srm", "combined"]),
+    "table4_hierarchy.toml": ("experiments.imc385", "level", ["0", "1", "2", "3", "4", "5"]),
+    "table5_width_depth.toml": ("experiments.imc385", "backbone",
+                                ["baseline", "wider", "deeper", "wider_deeper"]),
+    "table6_anomaly.toml": ("experiments.mantranet", "anomaly",
+                            ["tac", "df", "zf", "fac1", "fac2", "fac3"]),
+    "table7_init.toml": ("experiments.mantranet", "init", ["random", "half_freeze", "half_random"]),
+}
+
+
+def test_every_example_spec_is_tested():
+    assert sorted(p.name for p in SWEEPS.glob("*.toml")) == sorted(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_spec_dry_run(name, tmp_path):
+    module, flag, values = EXAMPLES[name]
+    root = tmp_path / "root"
+    result = run_script([LAUNCH / "sweep.py", "--dry_run", SWEEPS / name, "--root", root])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(values)
+    for line, value in zip(lines, values):
+        trial, status, trial_flags = line.split("\t")
+        assert status == "todo"
+        assert f"--{flag}={value}" in trial_flags.split()
+        assert value in trial
+    assert f"python -m {module}" in result.stderr
+    assert not root.exists(), "a dry run must write nothing"
+
+
+def test_table7_half_random_fine_tunes_featex_and_needs_a_checkpoint(tmp_path):
+    loaded = sweep.load_sweep(SWEEPS / "table7_init.toml", root=str(tmp_path))
+    by_name = {t.name: t.flags for t in loaded.trials}
+    assert by_name["half_random"] == {"init": "half_random", "featex_learning_rate": 5e-5}
+    assert loaded.fixed_flags["imc_checkpoint"].startswith(sweep.PLACEHOLDER_PREFIX)
+    with pytest.raises(sweep.SpecError, match="placeholder"):
+        sweep.check_runnable(loaded)
+
+
+@pytest.mark.parametrize("name", ["table6_anomaly.toml", "table7_init.toml"])
+def test_placeholder_stops_local_runs_until_set(name, tmp_path):
+    result = run_script([LAUNCH / "sweep.py", SWEEPS / name, "--local", "--root", tmp_path])
+    assert result.returncode == 2
+    assert "--set imc_checkpoint=" in result.stderr and str(SWEEPS / name) in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Expansion: grids, cases, random draws, names
+# ------------------------------------------------------------------------------------------------
+RANDOM_SPEC = """
+    module = "fake_trainer"
+    workdir = "runs/random"
+    [grid]
+    level = [0, 5]
+    [random]
+    seed = {seed}
+    n_trials = 4
+    [random.axes.learning_rate]
+    distribution = "loguniform"
+    low = 1e-5
+    high = 1e-2
+    [random.axes.dropout]
+    distribution = "uniform"
+    low = 0.1
+    high = 0.5
+    [random.axes.batch_size]
+    distribution = "choice"
+    values = [16, 32, 64]
+    [random.axes.depth]
+    distribution = "randint"
+    low = 2
+    high = 4
+"""
+
+
+def _random_sweep(tmp_path, seed):
+    spec = write(tmp_path / f"random{seed}.toml", RANDOM_SPEC.format(seed=seed))
+    return sweep.load_sweep(spec, root=str(tmp_path / "root"))
+
+
+def test_random_draws_follow_the_documented_stream(tmp_path):
+    trials = _random_sweep(tmp_path, seed=7).trials
+    assert len(trials) == 2 * 4
+    # Reference: one random.Random(seed) stream, axes in spec order, one draw r per sample.
+    rng = random.Random(7)
+    expected = []
+    for _ in range(4):
+        u = [rng.random() for _ in range(4)]
+        expected.append({
+            "learning_rate": math.exp(math.log(1e-5) + (math.log(1e-2) - math.log(1e-5)) * u[0]),
+            "dropout": 0.1 + 0.4 * u[1],
+            "batch_size": [16, 32, 64][int(u[2] * 3)],
+            "depth": 2 + int(u[3] * 3),
+        })
+    for trial in trials:
+        level, sample = divmod(trial.index, 4)
+        assert trial.flags == {"level": [0, 5][level], **expected[sample]}
+        assert trial.name == f"r{sample}_level-{[0, 5][level]}"
+
+
+def test_random_draws_are_deterministic_and_depend_on_the_seed(tmp_path):
+    first = [t.flags for t in _random_sweep(tmp_path, seed=7).trials]
+    again = [t.flags for t in _random_sweep(tmp_path, seed=7).trials]
+    other = [t.flags for t in _random_sweep(tmp_path, seed=8).trials]
+    assert first == again
+    assert first != other
+    for flags in first + other:
+        assert 1e-5 <= flags["learning_rate"] <= 1e-2
+        assert 0.1 <= flags["dropout"] <= 0.5
+        assert flags["batch_size"] in (16, 32, 64) and flags["depth"] in (2, 3, 4)
+
+
+def test_cases_grid_and_draws_are_crossed_in_order(tmp_path):
+    spec = write(tmp_path / "crossed.toml", """
+        module = "fake_trainer"
+        workdir = "runs/crossed"
+        [grid]
+        level = [1, 2]
+        first_layer = ["srm", "bayar"]
+        [[cases]]
+        init = "random"
+        [[cases]]
+        init = "half_random"
+        featex_learning_rate = 5e-5
+    """)
+    trials = sweep.load_sweep(spec).trials
+    combos = [(t.flags["init"], t.flags["level"], t.flags["first_layer"]) for t in trials]
+    assert combos == [(init, level, layer) for init in ("random", "half_random")
+                      for level in (1, 2) for layer in ("srm", "bayar")]
+    assert all(("featex_learning_rate" in t.flags) == (t.flags["init"] == "half_random")
+               for t in trials)
+    assert len({t.name for t in trials}) == len(trials)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('module = "m"\nworkdir = "w"\ngrids = {}\n', "unknown keys"),
+    ('module = "m"\nworkdir = "w"\n[flags]\nlevel = 1\n[grid]\nlevel = [1, 2]\n',
+     "both [flags] and [grid]"),
+    ('module = "m"\nworkdir = "w"\ntrial_name = "x"\n[grid]\nlevel = [1, 2]\n', "both named"),
+    ('module = "m"\nworkdir = "w"\n[grid]\nworkdir = ["a"]\n', "set by the sweep"),
+    ('module = "m"\nworkdir = "w"\n[grid]\nlevel = []\n', "non-empty list"),
+    ('module = "m"\nworkdir = "w"\n[random]\nseed = 1\nn_trials = 2\n'
+     '[random.axes.lr]\ndistribution = "loguniform"\nlow = 0.0\nhigh = 1.0\n', "low > 0"),
+    ('workdir = "w"\n', "module"),
+    ('module = "m"\nworkdir = "w"\n[grid\n', "not a valid spec"),
+])
+def test_bad_specs_are_rejected_naming_the_file(tmp_path, body, message):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(body)
+    with pytest.raises(sweep.SpecError, match=re.escape(message)) as error:
+        sweep.load_sweep(spec)
+    assert str(spec) in str(error.value)
+
+
+def test_json_specs_expand_like_toml(tmp_path):
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({"module": "m", "workdir": "w", "grid": {"level": [3, 4]}}))
+    assert [t.name for t in sweep.load_sweep(spec).trials] == ["level-3", "level-4"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Flagfiles
+# ------------------------------------------------------------------------------------------------
+def test_trial_flagfile_parses_with_absl_and_overrides_the_base(tmp_path):
+    base = write(tmp_path / "base.flags", """
+        # paper defaults
+        --epochs=100
+        --learning_rate=0.0001
+        --workdir=/nowhere
+    """)
+    spec = write(tmp_path / "s.toml", f"""
+        module = "experiments.imc385"
+        base_flagfile = "{base}"
+        workdir = "{tmp_path / 'root'}"
+        trial_name = "w{{windows[0]}}_frozen-{{frozen}}"
+        [flags]
+        epochs = 3
+        frozen = true
+        [grid]
+        windows = [[7, 15, 31], [3]]
+        learning_rate = [5e-5]
+    """)
+    loaded = sweep.load_sweep(spec, overrides=[sweep.parse_override("batch_size=8"),
+                                               sweep.parse_override("data_dir=/d/x y")])
+    sweep.write_trials(loaded, loaded.trials)
+    assert [t.name for t in loaded.trials] == ["w7_frozen-true", "w3_frozen-true"]
+    flagfile = tmp_path / "root" / "w7_frozen-true" / "trial.flags"
+    lines = [l for l in flagfile.read_text().splitlines() if not l.startswith("#")]
+    assert lines == [f"--flagfile={base}", "--epochs=3", "--frozen=true", "--batch_size=8",
+                     "--data_dir=/d/x y", "--windows=7,15,31", "--learning_rate=5e-05",
+                     f"--workdir={tmp_path / 'root' / 'w7_frozen-true'}"]
+
+    values = absl_flags.FlagValues()
+    absl_flags.DEFINE_integer("epochs", None, "", flag_values=values)
+    absl_flags.DEFINE_integer("batch_size", None, "", flag_values=values)
+    absl_flags.DEFINE_float("learning_rate", None, "", flag_values=values)
+    absl_flags.DEFINE_bool("frozen", False, "", flag_values=values)
+    absl_flags.DEFINE_string("workdir", None, "", flag_values=values)
+    absl_flags.DEFINE_string("data_dir", None, "", flag_values=values)
+    absl_flags.DEFINE_list("windows", None, "", flag_values=values)
+    values(["prog", f"--flagfile={flagfile}"])
+    assert values.epochs == 3 and values.batch_size == 8 and values.frozen is True
+    assert values.learning_rate == 5e-5 and values.windows == ["7", "15", "31"]
+    assert values.data_dir == "/d/x y"
+    assert values.workdir == str(tmp_path / "root" / "w7_frozen-true")
+
+
+def test_override_cannot_change_a_varying_flag(tmp_path):
+    spec = write(tmp_path / "s.toml", 'module = "m"\nworkdir = "w"\n[grid]\nlevel = [1, 2]\n')
+    with pytest.raises(sweep.SpecError, match="varies"):
+        sweep.load_sweep(spec, overrides=[("level", 3)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Local runs with a fake trainer, then summaries
+# ------------------------------------------------------------------------------------------------
+FAKE_TRAINER = """
+    import json, os, sys
+
+    def read(args, flags):
+        for arg in args:
+            arg = arg.strip()
+            if arg.startswith("--flagfile="):
+                read(open(arg.split("=", 1)[1]).read().splitlines(), flags)
+            elif arg.startswith("--"):
+                name, _, value = arg[2:].partition("=")
+                flags[name] = value
+
+    flags = {}
+    read(sys.argv[1:], flags)
+    workdir = flags["workdir"]
+    with open(os.path.join(os.path.dirname(workdir), "calls.log"), "a") as log:
+        log.write(os.path.basename(workdir) + "\\n")
+    if flags.get("fail") == "true":
+        sys.exit(3)
+    loss = abs(float(flags["learning_rate"]) - 0.01)
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as log:
+        log.write(json.dumps({"step": 1, "loss": loss}) + "\\n")
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as out:
+        json.dump({"step": int(flags["steps"]), "val_loss": loss, "val_acc": 1 - loss}, out)
+"""
+
+
+@pytest.fixture
+def fake_project(tmp_path):
+    """A directory holding a fake trainer module, a base flagfile and a sweep spec."""
+    write(tmp_path / "fake_trainer.py", FAKE_TRAINER)
+    write(tmp_path / "base.flags", "--steps=5\n--learning_rate=1.0\n")
+    write(tmp_path / "demo.toml", """
+        module = "fake_trainer"
+        base_flagfile = "base.flags"
+        workdir = "runs/demo"
+        [flags]
+        steps = 7
+        [grid]
+        learning_rate = [0.1, 0.001, 0.02]
+    """)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    return tmp_path, env
+
+
+def _calls(root):
+    log = root / "calls.log"
+    return log.read_text().split() if log.exists() else []
+
+
+def test_local_sweep_runs_each_trial_and_skips_finished_ones(fake_project):
+    project, env = fake_project
+    root = project / "runs" / "demo"
+    names = ["learning_rate-0.1", "learning_rate-0.001", "learning_rate-0.02"]
+
+    result = run_script([LAUNCH / "sweep.py", "demo.toml", "--local"], cwd=project, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _calls(root) == names
+    metrics = json.loads((root / names[1] / "final_metrics.json").read_text())
+    assert metrics["step"] == 7  # the spec's fixed flag beat the base flagfile
+    assert metrics["val_loss"] == pytest.approx(0.009)
+
+    # Interrupted trial: no final metrics. Only it runs again, with the same flagfile.
+    (root / names[2] / "final_metrics.json").unlink()
+    flagfile_before = (root / names[2] / "trial.flags").read_text()
+    dry = run_script([LAUNCH / "sweep.py", "--dry_run", "demo.toml"], cwd=project, env=env)
+    assert [line.split("\t")[1] for line in dry.stdout.splitlines()] == ["done", "done", "todo"]
+    result = run_script([LAUNCH / "sweep.py", "demo.toml", "--local"], cwd=project, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _calls(root) == names + [names[2]]
+    assert (root / names[2] / "trial.flags").read_text() == flagfile_before
+    assert "2 of 3 trials finished already" in result.stdout
+
+
+def test_local_sweep_reports_failed_trials_and_runs_the_rest(fake_project):
+    project, env = fake_project
+    write(project / "failing.toml", """
+        module = "fake_trainer"
+        base_flagfile = "base.flags"
+        workdir = "runs/failing"
+        [grid]
+        fail = [true, false]
+    """)
+    result = run_script([LAUNCH / "sweep.py", "failing.toml", "--local"], cwd=project, env=env)
+    assert result.returncode == 1
+    assert "fail-true (exit status 3)" in result.stderr
+    assert _calls(project / "runs" / "failing") == ["fail-true", "fail-false"]
+
+
+def test_summary_ranks_finished_trials_best_first(fake_project):
+    project, env = fake_project
+    root = project / "runs" / "demo"
+    assert run_script([LAUNCH / "sweep.py", "demo.toml", "--local"], cwd=project,
+                      env=env).returncode == 0
+    # A trial still running: its metrics log but no final metrics.
+    write(root / "running" / "trial.flags",
+          "--flagfile=base.flags\n--steps=7\n--learning_rate=0.5\n")
+    write(root / "running" / "metrics.jsonl", '{"step": 3}\n{"step": 4, "lo')
+
+    result = run_script([LAUNCH / "sweep.py", "summarize", root], cwd=project, env=env)
+    assert result.returncode == 0, result.stderr
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header[:4] == ["rank", "trial", "status", "learning_rate"]
+    assert header[4:6] == ["val_loss", "step"]  # the ranking metric first
+    assert "steps" not in header  # flags equal in every trial are left out
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[1:]]
+    losses = {name: abs(float(name.split("-")[1]) - 0.01)
+              for name in ["learning_rate-0.1", "learning_rate-0.001", "learning_rate-0.02"]}
+    best_first = sorted(losses, key=losses.get)
+    assert [row[1] for row in rows] == best_first + ["running"]
+    assert [row[0] for row in rows] == ["1", "2", "3", "-"]
+    assert rows[-1][2] == "unfinished (step 3)"
+
+    with open(root / "summary.csv", newline="") as handle:
+        records = list(csv.DictReader(handle))
+    assert [r["trial"] for r in records] == best_first + ["running"]
+    assert [float(r["val_loss"]) for r in records[:3]] == [losses[n] for n in best_first]
+    assert (root / "summary.md").read_text().endswith(table[-1] + "\n")
+
+    # Ranking by an accuracy-like metric defaults to higher-is-better.
+    markdown, _ = sweep.summarize(root, metric="val_acc")
+    ranked = [line.split("|")[2].strip() for line in markdown.splitlines()[4:7]]
+    assert ranked == best_first  # val_acc = 1 - val_loss: the same order
+
+
+def test_summary_of_an_empty_root_is_an_error(tmp_path):
+    result = run_script([LAUNCH / "sweep.py", "summarize", tmp_path])
+    assert result.returncode == 2 and "no trial directories" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# SLURM job arrays with a fake sbatch and srun
+# ------------------------------------------------------------------------------------------------
+def _fake_command(bin_dir: Path, name: str, output: str) -> Path:
+    """An executable `name` that appends its arguments (one per line) to bin_dir/name.calls."""
+    path = bin_dir / name
+    path.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        {{ for arg in "$@"; do echo "$arg"; done; echo "--"; }} >> "{bin_dir / name}.calls"
+        {output}
+    """))
+    path.chmod(0o755)
+    return path
+
+
+def _recorded_calls(bin_dir: Path, name: str) -> list[list[str]]:
+    path = bin_dir / f"{name}.calls"
+    if not path.exists():
+        return []
+    calls, current = [], []
+    for line in path.read_text().splitlines():
+        if line == "--":
+            calls.append(current)
+            current = []
+        else:
+            current.append(line)
+    return calls
+
+
+def test_slurm_submission_writes_an_array_of_unfinished_trials(fake_project):
+    project, env = fake_project
+    bin_dir = project / "bin"
+    bin_dir.mkdir()
+    _fake_command(bin_dir, "sbatch", 'echo "Submitted batch job 4242"')
+    env = dict(env, PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
+    write(project / "array.toml", """
+        module = "fake_trainer"
+        base_flagfile = "base.flags"
+        workdir = "runs/array"
+        [grid]
+        learning_rate = [0.1, 0.2, 0.3, 0.4, 0.5]
+        [slurm]
+        gpus_per_node = 2
+        exclusive = true
+        time = "1:00:00"
+        array_parallelism = 2
+    """)
+    root = project / "runs" / "array"
+    names = [f"learning_rate-0.{i}" for i in range(1, 6)]
+    write(root / names[1] / "final_metrics.json", '{"val_loss": 1.0}')
+
+    result = run_script([LAUNCH / "sweep.py", "array.toml", "--slurm",
+                         "--sbatch_args=--partition=debug --time=0:10:00"], cwd=project, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Submitted batch job 4242" in result.stdout
+    script = root / "sweep.sbatch"
+    assert _recorded_calls(bin_dir, "sbatch") == [["--partition=debug", "--time=0:10:00",
+                                                   str(script)]]
+    text = script.read_text()
+    assert "#SBATCH --array=0,2-4%2" in text
+    assert "#SBATCH --gpus-per-node=2" in text and "#SBATCH --exclusive\n" in text
+    assert "#SBATCH --time=1:00:00" in text
+    assert f"TRIALS=({' '.join(names)})" in text
+    # Flagfiles for the submitted trials only; the finished one is left alone.
+    assert [(root / n / "trial.flags").exists() for n in names] == [True, False, True, True, True]
+    assert "job 4242\tarray 0,2-4" in (root / "submissions.log").read_text()
+
+    # Array tasks, run by bash with a fake srun: task i runs trial i, or skips it if finished.
+    _fake_command(bin_dir, "srun", "")
+    for task in (3, 1):
+        task_env = dict(env, SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_JOB_ID="4242")
+        ran = subprocess.run(["bash", str(script)], env=task_env, capture_output=True,
+                             text=True, timeout=30)
+        assert ran.returncode == 0, ran.stderr
+    srun_calls = _recorded_calls(bin_dir, "srun")
+    assert len(srun_calls) == 1  # task 1's trial had finished
+    assert srun_calls[0][-3:] == ["-m", "fake_trainer",
+                                  f"--flagfile={root / names[3] / 'trial.flags'}"]
+
+
+def test_slurm_submission_of_a_finished_sweep_submits_nothing(fake_project):
+    project, env = fake_project
+    bin_dir = project / "bin"
+    bin_dir.mkdir()
+    _fake_command(bin_dir, "sbatch", 'echo "Submitted batch job 1"')
+    env = dict(env, PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
+    assert run_script([LAUNCH / "sweep.py", "demo.toml", "--local"], cwd=project,
+                      env=env).returncode == 0
+    result = run_script([LAUNCH / "sweep.py", "demo.toml", "--slurm"], cwd=project, env=env)
+    assert result.returncode == 0 and "nothing to submit" in result.stdout
+    assert _recorded_calls(bin_dir, "sbatch") == []
+
+
+def test_array_ranges():
+    assert sweep.array_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert sweep.array_ranges([4]) == "4"
+
+
+def test_slurm_batch_script_runs_one_srun_per_job(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_command(bin_dir, "srun", "")
+    workdir = tmp_path / "shared" / "run"
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", WORKDIR=str(workdir),
+               SLURM_JOB_ID="77", SLURM_NTASKS="8", SLURM_JOB_NUM_NODES="2",
+               SLURM_JOB_NODELIST="gpu[1-2]", SLURM_SUBMIT_DIR=str(REPO), PYTHON="python3")
+    result = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), "experiments.imc385",
+                             "--flagfile=experiments/flags/imc385.flags"],
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    check, train = _recorded_calls(bin_dir, "srun")
+    assert check[-2] == "-f"  # the shared-storage check, one task per node
+    assert train[train.index("python3"):] == [
+        "python3", "-m", "experiments.imc385", "--flagfile=experiments/flags/imc385.flags",
+        f"--workdir={workdir}"]
+    assert workdir.is_dir()
+    text = (LAUNCH / "slurm.sbatch").read_text()
+    assert "#SBATCH --ntasks-per-node=4" in text and "#SBATCH --gpus-per-node=4" in text
+
+
+def test_slurm_batch_script_requires_a_workdir(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "WORKDIR"}
+    result = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), "experiments.imc385"],
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "WORKDIR" in result.stderr
+
+
+def test_tpu_pod_script_runs_the_command_on_every_worker(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_command(bin_dir, "gcloud", "")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(
+        ["bash", str(LAUNCH / "tpu_pod.sh"), "my-tpu", "us-central2-b", "--project=proj", "--",
+         "python", "-m", "experiments.imc385", "--workdir=gs://bucket/run 1"],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    [call] = _recorded_calls(bin_dir, "gcloud")
+    assert call[:5] == ["compute", "tpus", "tpu-vm", "ssh", "my-tpu"]
+    assert "--worker=all" in call and "--zone=us-central2-b" in call and "--project=proj" in call
+    command = next(arg for arg in call if arg.startswith("--command="))[len("--command="):]
+    # The remote shell must see the user's words unchanged, the space included.
+    echoed = subprocess.run(["bash", "-c", command.replace("cd ~/mantra_jax && ", "")
+                             .replace("python -m", "printf '%s\\n'")],
+                            capture_output=True, text=True, timeout=30).stdout.splitlines()
+    assert echoed == ["experiments.imc385", "--workdir=gs://bucket/run 1"]
+    assert command.startswith("cd ~/mantra_jax && ")
+
+
+# ------------------------------------------------------------------------------------------------
+# launch/local.py
+# ------------------------------------------------------------------------------------------------
+FAKE_WORKER = """
+    import os, sys, time
+    flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if arg.startswith("--"))
+    rank = int(flags["process_id"])
+    print(f"rank {rank} of {flags['num_processes']} at {flags['coordinator_address']} "
+          f"extra={flags.get('extra')}", flush=True)
+    pid_file = os.environ.get("FAKE_PID_FILE")
+    if pid_file and rank == 0:
+        with open(pid_file + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(pid_file + ".tmp", pid_file)
+        time.sleep(60)
+    if pid_file and rank == 1:
+        while not os.path.exists(pid_file):
+            time.sleep(0.01)
+        sys.exit(3)
+"""
+
+
+def test_local_launcher_starts_n_processes_with_prefixed_output(tmp_path):
+    write(tmp_path / "fake_worker.py", FAKE_WORKER)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    result = run_script([LAUNCH / "local.py", "--num_processes=3", "fake_worker", "--extra=x"],
+                        env=env)
+    assert result.returncode == 0, result.stderr
+    lines = sorted(result.stdout.splitlines())
+    assert len(lines) == 3
+    addresses = set()
+    for rank, line in enumerate(lines):
+        prefix, _, rest = line.partition(" ")
+        assert prefix == f"[{rank}]"
+        words = rest.split()
+        assert words[:4] == ["rank", str(rank), "of", "3"] and words[-1] == "extra=x"
+        addresses.add(words[5])
+    [address] = addresses  # every process got the same coordinator
+    assert address.startswith("127.0.0.1:") and int(address.split(":")[1]) > 0
+
+
+def test_local_launcher_stops_everything_when_one_process_fails(tmp_path):
+    write(tmp_path / "fake_worker.py", FAKE_WORKER)
+    pid_file = tmp_path / "rank0.pid"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), FAKE_PID_FILE=str(pid_file))
+    started = time.monotonic()
+    result = run_script([LAUNCH / "local.py", "-n", "2", "--grace_s=5", "fake_worker"], env=env)
+    assert result.returncode == 3
+    assert time.monotonic() - started < 30  # rank 0 would otherwise sleep for 60 s
+    assert "process 1 exited with status 3" in result.stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def test_local_launcher_gives_each_process_its_own_gpus():
+    local = _load_module("launch_local", LAUNCH / "local.py")
+    assert local.visible_devices_for(1, 2, None) == "2,3"
+    assert local.visible_devices_for(1, 2, "4,5,6,7") == "6,7"
+    with pytest.raises(ValueError, match="only 2 are visible"):
+        local.visible_devices_for(1, 2, "4,5")
