@@ -178,3 +178,21 @@ def test_receptive_radius_bounds_featex_influence():
     rows = np.nonzero(d.sum(1) > 0)[0]
     assert rows.min() >= c - r and rows.max() <= c + r
     assert rows.min() <= c - r + 2  # and the bound is nearly tight
+
+
+def test_imc_pooled_logits_equal_mean_of_class_map():
+    cfg = TINY.replace(head="imc", num_classes=11)
+    v = model.init(jax.random.key(0), cfg)
+    x = jax.random.uniform(jax.random.key(9), (2, 13, 17, 3), minval=-1, maxval=1)
+    full = model.apply(v, x, cfg)["logits"]
+    assert full.shape == (2, 13, 17, 11)
+    pooled = model.apply(v, x, cfg, pooled=True)["logits"]
+    np.testing.assert_allclose(pooled, full.mean(axis=(1, 2)), atol=1e-5)
+
+
+def test_initial_bayar_filters_are_well_conditioned():
+    """The constrained filters start bounded: no tap anywhere near the explosion of a ~0 normaliser."""
+    for seed in range(20):
+        v = model.init(jax.random.key(seed), TINY.replace(bayar_filters=3, regular_filters=1))
+        k = np.asarray(v["params"]["Featex"]["b1c1"]["bayar_kernel"])
+        assert np.abs(k).max() <= 1.0 + 1e-6

@@ -44,18 +44,21 @@ def preprocess(rgb_uint8):
     return jnp.asarray(rgb_uint8, jnp.float32) * (2.0 / 255.0) - 1.0
 
 
-def apply(variables: dict, x_NxHxWx3, cfg: ModelConfig, *, train: bool = False, dtype=jnp.float32) -> dict:
+def apply(variables: dict, x_NxHxWx3, cfg: ModelConfig, *, train: bool = False, dtype=jnp.float32,
+          pooled: bool = False) -> dict:
     """Forward pass. `dtype` is the computation dtype of the convolutions (parameters stay float32;
     the anomaly statistics are always float32).
 
     Returns {"logits": (N, H, W)} for ManTra-Net (pre-sigmoid: losses are computed from logits),
-    {"logits": (N, H, W, classes)} for the IMC head; in training mode also "batch_stats".
+    {"logits": (N, H, W, classes)} for the IMC head, or its spatial mean (N, classes) with
+    `pooled=True` (what IMC training uses); in training mode also "batch_stats".
     """
     check_input(x_NxHxWx3)
     params = variables["params"]
     feat = featex.apply(params["Featex"], x_NxHxWx3.astype(dtype), cfg)
     if cfg.head == "imc":
-        out = {"logits": featex.imc_head(params["imc"], feat).astype(jnp.float32)}
+        head = featex.imc_head_pooled if pooled else featex.imc_head
+        out = {"logits": head(params["imc"], feat).astype(jnp.float32)}
         if train:
             out["batch_stats"] = variables.get("batch_stats", {})
         return out

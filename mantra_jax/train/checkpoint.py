@@ -1,0 +1,211 @@
+"""The one module that owns Orbax.
+
+Layout of a checkpoint directory (a trainer's work directory, or a converted release):
+
+    model_config.json          the ModelConfig of the network (mantra_jax.nn.config.to_dict)
+    checkpoints/<step>/        Orbax steps, each a Composite of
+        params, batch_stats    the model (all evaluation ever restores)
+        opt_state              optimiser state          (training only)
+        data                   grain iterator state, one JSON file per process
+        meta                   JSON: step, epoch, learning-rate scale, best step, seed, ...
+
+Retention: the last `keep` steps plus the best one (by validation loss). A step whose files are
+truncated or unreadable is skipped with a warning and the previous one is used.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.experimental.multihost_utils
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mantra_jax.nn import config as config_lib
+from mantra_jax.nn import model as model_lib
+
+CONFIG_FILE = "model_config.json"
+STEPS_DIR = "checkpoints"
+MODEL_ITEMS = ("params", "batch_stats")
+STATE_ITEMS = ("params", "batch_stats", "opt_state")
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def write_model_config(directory, cfg: config_lib.ModelConfig):
+    path = Path(directory) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(config_lib.to_dict(cfg), indent=1))
+
+
+def read_model_config(directory) -> config_lib.ModelConfig:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a mantra_jax checkpoint (no {CONFIG_FILE})")
+    try:
+        return config_lib.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable model configuration: {e}") from e
+
+
+class Checkpointer:
+    """Saves and restores training runs: model, optimiser, data iterator and metadata together."""
+
+    def __init__(self, directory, *, keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self.keep = max(1, int(keep))
+        self._manager = ocp.CheckpointManager(
+            self.directory / STEPS_DIR,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=None,  # retention is ours: last `keep` plus the best
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
+        )
+
+    # -- saving ---------------------------------------------------------------------------
+    def save(self, step: int, state: dict, meta: dict, data_iterator=None, *, force: bool = True):
+        items = {k: ocp.args.StandardSave(state[k]) for k in STATE_ITEMS if _nonempty(state[k])}
+        items["meta"] = ocp.args.JsonSave(meta)
+        if data_iterator is not None:
+            import grain  # only trainers need grain
+
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self._prune(best_step=meta.get("best_step"))
+
+    def _prune(self, best_step: Optional[int]):
+        steps = sorted(self._manager.all_steps())
+        keep = set(steps[-self.keep :])
+        if best_step is not None:
+            keep.add(int(best_step))
+        for s in steps:
+            if s not in keep:
+                self._manager.delete(s)
+
+    def wait(self):
+        self._manager.wait_until_finished()
+
+    def close(self):
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    # -- restoring ------------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def restore_latest(self, abstract_state: dict, data_iterator=None):
+        """(state, meta) of the newest readable step, or None when there is none.
+
+        A step that fails to restore (truncated, partly written) is skipped with a warning.
+        """
+        for step in reversed(self.steps()):
+            try:
+                return self._restore(step, abstract_state, data_iterator)
+            except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
+                log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one",
+                            step, self.directory, _short(e))
+                self._set_aside(step)
+        return None
+
+    def _set_aside(self, step: int):
+        """Renames an unreadable step out of the way (kept for inspection, never overwritten)."""
+        jax.experimental.multihost_utils.sync_global_devices(f"set_aside_{step}") if jax.process_count() > 1 else None
+        if jax.process_index() == 0:
+            src = self.directory / STEPS_DIR / str(step)
+            dst = src.with_name(f"{step}.unreadable")
+            n = 1
+            while dst.exists():
+                dst, n = src.with_name(f"{step}.unreadable{n}"), n + 1
+            src.rename(dst)
+            log.warning("moved the unreadable step to %s", dst)
+        self._manager.reload()
+
+    def _restore(self, step, abstract_state, data_iterator):
+        items = {k: ocp.args.StandardRestore(abstract_state[k]) for k in STATE_ITEMS if _nonempty(abstract_state[k])}
+        items["meta"] = ocp.args.JsonRestore()
+        if data_iterator is not None:
+            import grain
+
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        state = {k: restored[k] if k in items else abstract_state[k] for k in STATE_ITEMS}
+        return state, dict(restored["meta"])
+
+
+def _nonempty(tree) -> bool:
+    """Orbax refuses empty trees (e.g. the batch statistics of the IMC network, which has none)."""
+    return bool(jax.tree_util.tree_leaves(tree))
+
+
+def _short(e: Exception) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def save_model(directory, cfg: config_lib.ModelConfig, variables: dict, meta: Optional[dict] = None):
+    """Writes a model-only checkpoint (e.g. converted weights) that `load_model` reads."""
+    write_model_config(directory, cfg)
+    manager = ocp.CheckpointManager(Path(directory).absolute() / STEPS_DIR,
+                                    options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+    items = {k: ocp.args.StandardSave(variables[k]) for k in MODEL_ITEMS if _nonempty(variables[k])}
+    items["meta"] = ocp.args.JsonSave(dict(meta or {}, step=0, best_step=0))
+    manager.save(0, args=ocp.args.Composite(**items), force=True)
+    manager.wait_until_finished()
+    manager.close()
+
+
+def load_model(directory, *, step: Optional[int] = None, which: str = "best"):
+    """(ModelConfig, variables) from any checkpoint directory, restoring the model alone.
+
+    `which` is "best" (the best validation step recorded by the trainer, else the latest) or
+    "latest". Steps that cannot be read are skipped with a warning.
+    """
+    directory = Path(directory).absolute()
+    cfg = read_model_config(directory)
+    steps_dir = directory / STEPS_DIR
+    if not steps_dir.is_dir():
+        raise CheckpointError(f"{directory}: no {STEPS_DIR}/ folder with saved steps")
+    manager = ocp.CheckpointManager(steps_dir, options=ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False))
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise CheckpointError(f"{steps_dir}: no saved step")
+    abstract = jax.eval_shape(lambda: model_lib.init(jax.random.key(0), cfg))
+    candidates = [step] if step is not None else list(reversed(steps))
+    errors = []
+    for s in candidates:
+        try:
+            meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            target = s
+            if step is None and which == "best" and meta.get("best_step") in steps:
+                target = int(meta["best_step"])
+            items = {k: ocp.args.StandardRestore(abstract[k]) for k in MODEL_ITEMS if _nonempty(abstract[k])}
+            restored = manager.restore(target, args=ocp.args.Composite(**items))
+            variables = {k: restored[k] if k in restored else abstract[k] for k in MODEL_ITEMS}
+            variables = {"params": variables["params"],
+                         "batch_stats": variables["batch_stats"] if "batch_stats" in restored else {}}
+            model_lib.check_variables(variables, cfg, what=f"checkpoint {directory} step {target}")
+            manager.close()
+            return cfg, jax.tree.map(np.asarray, variables)
+        except ValueError as e:
+            if "do not match" in str(e):
+                raise
+            errors.append(f"step {s}: {_short(e)}")
+            log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one", s, directory, _short(e))
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"step {s}: {_short(e)}")
+            log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one", s, directory, _short(e))
+    manager.close()
+    raise CheckpointError(f"{directory}: no readable checkpoint step:\n  " + "\n  ".join(errors))
+
+
