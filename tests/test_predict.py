@@ -1,0 +1,178 @@
+"""Inference from Python and from the command line, on a tiny random-weight checkpoint."""
+import csv
+
+import cv2
+import jax
+import numpy as np
+import pytest
+
+from mantra_jax import predict
+from mantra_jax.nn import config, model, tiled
+from mantra_jax.train import checkpoint
+
+TINY = config.make_config(width_scale=0.125, windows=(7, 15))
+SHAPE = (40, 52)  # every CLI test image has this size, so the CLI compiles once
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ckpt")
+    variables = jax.tree.map(np.asarray, model.init(jax.random.key(5), TINY))
+    checkpoint.save_model(directory, TINY, variables)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt):
+    return predict.Predictor.from_checkpoint(ckpt)
+
+
+def _photo(shape=SHAPE, seed=0):
+    rng = np.random.default_rng(seed)
+    image = cv2.resize(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), shape[::-1], interpolation=cv2.INTER_LINEAR)
+    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+def _write(path, image):
+    ok, data = cv2.imencode(path.suffix, image)
+    assert ok
+    path.write_bytes(data.tobytes())
+
+
+def test_predict_equals_the_whole_image_pass(predictor, ckpt):
+    cfg, variables = checkpoint.load_model(ckpt)
+    rgb = _photo()
+    prob = predictor.predict(rgb)
+    assert prob.shape == SHAPE and prob.dtype == np.float32
+    np.testing.assert_allclose(prob, tiled.whole_image_probabilities(variables, rgb, cfg), atol=1e-6)
+    assert prob.std() > 0
+
+
+def test_array_inputs_are_converted_like_files(predictor):
+    grey = _photo()[..., 0]
+    expected = predictor.predict(np.repeat(grey[..., None], 3, axis=2))
+    np.testing.assert_array_equal(predictor.predict(grey), expected)
+    rgba = np.dstack([np.repeat(grey[..., None], 3, axis=2), np.full(grey.shape, 7, np.uint8)])
+    np.testing.assert_array_equal(predictor.predict(rgba), expected)
+    with pytest.raises(ValueError, match="shape"):
+        predictor.predict(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_tiling_switches_on_above_the_pixel_limit(ckpt, monkeypatch):
+    calls = []
+    real = tiled.tiled_probabilities
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["tile"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiled, "tiled_probabilities", spy)
+    cfg, variables = checkpoint.load_model(ckpt)
+    rgb = _photo((70, 90), seed=1)
+    whole = tiled.whole_image_probabilities(variables, rgb, cfg)
+    limited = predict.Predictor(cfg, variables, max_untiled_pixels=70 * 90 - 1)
+    assert not limited.is_tiled(60, 90) and limited.is_tiled(70, 90)
+    np.testing.assert_allclose(limited.predict(rgb), whole, atol=1e-4)
+    assert calls == [tiled.DEFAULT_TILE]
+    forced = predict.Predictor(cfg, variables, tile=16)
+    np.testing.assert_allclose(forced.predict(rgb), whole, atol=1e-4)
+    assert calls == [tiled.DEFAULT_TILE, 16]
+    predict.Predictor(cfg, variables, max_untiled_pixels=70 * 90).predict(rgb)
+    assert len(calls) == 2  # at the limit: one whole-image pass
+
+
+def test_imc_checkpoint_and_bad_options_are_refused():
+    imc = TINY.replace(head="imc", num_classes=5)
+    with pytest.raises(ValueError, match="head"):
+        predict.Predictor(imc, model.init(jax.random.key(0), imc))
+    with pytest.raises(ValueError, match="tile"):
+        predict.Predictor(TINY, model.init(jax.random.key(0), TINY), tile=0)
+
+
+def test_mask_overlay_and_score():
+    prob = np.array([[0.0, 0.2], [0.5, 1.0]], np.float32)
+    np.testing.assert_array_equal(predict.mask_image(prob), [[0, 51], [128, 255]])
+    assert predict.image_score(prob) == pytest.approx(0.425)
+    grey = np.full((2, 2, 3), 100, np.uint8)
+    over = predict.overlay_image(grey, prob)
+    assert over.shape == (2, 2, 3) and over.dtype == np.uint8
+    over = over.astype(int)
+    # JET: a probability of 0 is blue, 1 is red; blended halfway over the grey photo.
+    assert over[0, 0, 2] > over[0, 0, 0] and over[1, 1, 0] > over[1, 1, 2]
+    assert np.all(np.abs(over - 100) <= 128)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    photo_bgr = _photo()[..., ::-1]
+    _write(root / "colour.png", photo_bgr)
+    _write(root / "grey.png", cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2GRAY))
+    _write(root / "alpha.png", np.dstack([photo_bgr, np.full(SHAPE, 200, np.uint8)]))
+    _write(root / "deep.png", photo_bgr.astype(np.uint16) * 257)
+    (root / "sub").mkdir()
+    _write(root / "sub" / "colour.jpg", photo_bgr)  # same stem as colour.png
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    return root
+
+
+def test_cli_on_a_folder(folder, ckpt, predictor, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = predict.main(["--checkpoint", str(ckpt), "--out", str(out), "--npy", str(folder)])
+    assert status == 0
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "skipped" in err
+    assert "5/6" in err or "6/6" in err  # the progress bar
+
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"].replace(str(folder), "").lstrip("/\\") for r in rows] == [
+        "alpha.png", "colour.png", "deep.png", "grey.png", "sub/colour.jpg"]
+    with open(out / "skipped.csv", newline="") as f:
+        skipped = list(csv.DictReader(f))
+    assert [s["file"] for s in skipped] == [str(folder / "broken.png")]
+    assert "not a readable image" in skipped[0]["error"]
+
+    stems = ["alpha", "colour", "deep", "grey", "colour-2"]
+    for row, stem in zip(rows, stems):
+        assert (int(row["height"]), int(row["width"])) == SHAPE
+        prob = np.load(out / f"{stem}.npy")
+        _, expected = predictor.predict_file(row["file"])
+        np.testing.assert_array_equal(prob, expected)
+        assert float(row["score"]) == pytest.approx(prob.mean(), abs=1e-6)
+        mask = cv2.imread(str(out / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(mask, np.rint(prob * 255).astype(np.uint8))
+        overlay = cv2.imread(str(out / f"{stem}_overlay.png"))
+        assert overlay.shape == SHAPE + (3,)
+        assert float(row["seconds"]) > 0
+    # The 16-bit PNG is the colour one scaled exactly, the RGBA one has the same colours.
+    np.testing.assert_array_equal(np.load(out / "deep.npy"), np.load(out / "colour.npy"))
+    np.testing.assert_array_equal(np.load(out / "alpha.npy"), np.load(out / "colour.npy"))
+
+
+def test_cli_refuses_a_decompression_bomb_and_reports_nothing_processed(folder, ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = predict.main(["--checkpoint", str(ckpt), "--out", str(out), "--max_pixels", "100",
+                           str(folder / "colour.png"), str(tmp_path / "missing.png")])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "decompression bomb" in err and "missing.png" in err
+    assert not list(out.glob("*_mask.png"))
+    with open(out / "summary.csv", newline="") as f:
+        assert list(csv.reader(f)) == [list(predict.SUMMARY_FIELDS)]
+
+
+def test_cli_names_an_unusable_checkpoint(folder, tmp_path, capsys):
+    status = predict.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "out"), str(folder / "colour.png")])
+    assert status == 2
+    assert "not a mantra_jax checkpoint" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "mantra_jax.predict", "--help"], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0 and "--checkpoint" in done.stdout and "--npy" in done.stdout
