@@ -1,0 +1,136 @@
+"""IMC evaluation of a saved checkpoint (experiments/evaluate_imc.py, mantra_jax/eval/imc_eval.py)."""
+import json
+
+import cv2
+import jax
+import numpy as np
+import pytest
+
+from experiments import evaluate_imc
+from mantra_jax.data import imc_pipeline, photos
+from mantra_jax.eval import imc_eval
+from mantra_jax.imc import taxonomy
+from mantra_jax.nn import config, model
+from mantra_jax.train import checkpoint
+
+LEVEL = 1
+PATCH, CROP, SAMPLES, BATCH = 64, 32, 10, 4  # 10 samples in batches of 4: the last one is padded
+MODEL = config.make_config(width_scale=0.125, backbone="baseline", head="imc",
+                           num_classes=taxonomy.num_classes(LEVEL))
+
+
+def random_variables(cfg, seed):
+    """A random network of cfg's shapes, drawn in numpy (model.init costs seconds of compilation)."""
+    rng = np.random.default_rng(seed)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), cfg))
+
+    def draw(leaf):  # He-scaled kernels and small biases keep the features input-dependent
+        fan_in = int(np.prod(leaf.shape[:-1])) if leaf.ndim > 1 else 1e4
+        return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+    return jax.tree.map(draw, abstract)
+
+
+def photo_folder(root, wanted):
+    """Random-noise photos whose names hash to the wanted splits ({"test": 2, ...})."""
+    rng = np.random.default_rng(0)
+    wanted, i = dict(wanted), 0
+    while any(wanted.values()):
+        name = f"p{i:03d}.png"
+        i += 1
+        split = photos.split_of(name)
+        if wanted.get(split, 0) == 0:
+            continue
+        wanted[split] -= 1
+        cv2.imwrite(str(root / name), rng.integers(0, 256, (PATCH, PATCH, 3), dtype=np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    variables = random_variables(MODEL, 1)
+    directory = tmp_path_factory.mktemp("imc_ckpt")
+    checkpoint.save_model(directory, MODEL, variables)
+    return directory, variables
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return photo_folder(tmp_path_factory.mktemp("photos"), {"test": 2, "val": 1, "train": 1})
+
+
+def reference_topk(variables, index, level_j):
+    """Top-k at level j by a plain forward pass over the same samples, without the task code."""
+    batches = imc_pipeline.make_val_batches(index, seed=imc_eval.TRAINER_VAL_SEED, n_samples=SAMPLES,
+                                            batch_size=SAMPLES, level=LEVEL, crop=CROP, split="test")
+    (batch,) = batches
+    logits = model.apply(variables, model.preprocess(batch["image"]), MODEL, pooled=True)["logits"]
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64) @ taxonomy.level_matrix(LEVEL, level_j)
+    truth = taxonomy.leaf_to_level(batch["leaf"], level_j)
+    # Rank of the truth: how many classes score strictly higher (0 = top-1).
+    ranks = [sum(p > p[t]) for p, t in zip(probs, truth)]
+    return {k: float(np.mean([r < k for r in ranks])) for k in (1, 3, 5, 10)}
+
+
+def test_cli_report_matches_a_plain_forward_pass(saved_model, folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    directory, variables = saved_model
+    out = tmp_path / "out"
+    report = evaluate_imc.run(str(directory), str(folder), str(out), split="test", samples=SAMPLES,
+                              batch_size=BATCH, patch=PATCH, crop=CROP, progress=False)
+    assert set(report["levels"]) == {"0", "1"}
+    assert report["n_samples"] == SAMPLES  # the padded sample of the last batch does not count
+    assert report["run"]["split"] == "test"
+    index = photos.build_patch_index(folder, patch=PATCH, use_cache=False)
+    for j, row in report["levels"].items():
+        values = [row[f"top{k}"] for k in (1, 3, 5, 10)]
+        assert all(0.0 <= v <= 1.0 for v in values)
+        assert values == sorted(values)  # top-k can only grow with k
+        reference = reference_topk(variables, index, int(j))
+        assert values == pytest.approx([reference[k] for k in (1, 3, 5, 10)], abs=1e-9)
+    assert report["levels"]["0"]["top10"] == 1.0  # 7 families: the truth is always among 10
+    assert (out / "imc_report.md").is_file()
+    assert (out / "confusion_L1.png").stat().st_size > 1000
+    on_disk = json.loads((out / "imc_report.json").read_text())
+    assert on_disk["levels"] == report["levels"]
+
+
+def test_library_confusion_counts_every_sample(saved_model, folder):
+    _, variables = saved_model
+    index = photos.build_patch_index(folder, patch=PATCH, use_cache=False)
+    summary, sums, level = imc_eval.evaluate(MODEL, variables, index, split="val", n_samples=6, batch_size=4,
+                                             crop=CROP)
+    assert level == LEVEL
+    assert sums["confusion"].shape == (27, 27)
+    assert sums["confusion"].sum() == pytest.approx(6)
+    assert np.trace(sums["confusion"]) / 6 == pytest.approx(summary["L1_top1"])
+
+
+def test_non_imc_models_are_refused_with_the_checkpoint_named():
+    with pytest.raises(imc_eval.NotAnImcModel, match=r"runs/x: not an IMC model.*'ladn'"):
+        imc_eval.trained_level(config.make_config(width_scale=0.125), where="runs/x")
+    with pytest.raises(imc_eval.NotAnImcModel, match="10 classes matches no hierarchy level"):
+        imc_eval.trained_level(MODEL.replace(num_classes=10))
+    assert imc_eval.trained_level(MODEL.replace(num_classes=380)) == 5
+
+
+def test_cli_refuses_a_mantranet_checkpoint_before_reading_photos(tmp_path):
+    checkpoint.write_model_config(tmp_path / "ladn", config.make_config(width_scale=0.125))
+    with pytest.raises(imc_eval.NotAnImcModel, match="not an IMC model"):
+        evaluate_imc.run(str(tmp_path / "ladn"), str(tmp_path / "missing_photos"), str(tmp_path / "out"),
+                         progress=False)
+
+
+def test_empty_split_is_a_clear_error(saved_model, tmp_path):
+    _, variables = saved_model
+    root = photo_folder(tmp_path, {"train": 1})
+    index = photos.build_patch_index(root, patch=PATCH, use_cache=False)
+    with pytest.raises(ValueError, match=rf"{root.name}.*'test' split has no"):
+        imc_eval.evaluate(MODEL, variables, index, split="test", n_samples=4, batch_size=4, crop=CROP)
+
+
+def test_empty_photo_folder_is_named(saved_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty: no image file found"):
+        evaluate_imc.run(str(saved_model[0]), str(tmp_path / "empty"), str(tmp_path / "out"), progress=False)

@@ -1,0 +1,236 @@
+"""Sensitivity and robustness studies (mantra_jax/eval/sensitivity.py, experiments/sensitivity.py)."""
+import csv
+import hashlib
+import json
+
+import cv2
+import jax
+import numpy as np
+import pytest
+
+from experiments import sensitivity as sensitivity_cli
+from mantra_jax.data import photos
+from mantra_jax.eval import sensitivity
+from mantra_jax.nn import config, model, tiled
+
+PATCH = 48
+TYPES = ["Quantization", "Dithering", "JPEGCompress"]  # 25 leaves; each one changes a noise image
+SMALL_LEVELS = dict(downscale_factors=(1.0, 0.5), jpeg_qualities=(90, 50), blur_kernels=(3, 7))
+
+
+def photo_folder(root, wanted):
+    """Random-noise photos whose names hash to the wanted splits ({"test": 2, ...})."""
+    rng = np.random.default_rng(0)
+    wanted, i = dict(wanted), 0
+    while any(wanted.values()):
+        name = f"p{i:03d}.png"
+        i += 1
+        split = photos.split_of(name)
+        if wanted.get(split, 0) == 0:
+            continue
+        wanted[split] -= 1
+        cv2.imwrite(str(root / name), rng.integers(0, 256, (PATCH, PATCH, 3), dtype=np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    root = photo_folder(tmp_path_factory.mktemp("photos"), {"test": 2, "train": 1})
+    return photos.build_patch_index(root, patch=PATCH, use_cache=False)
+
+
+def _key(image):
+    return image.shape, hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def oracle(items):
+    """A perfect predictor: it looks the forged image up among the study's own (deterministic)
+    forgeries and returns the ground truth. An image the study did not announce is a KeyError."""
+    table = {}
+    for _, image, mask in items:
+        known = table.setdefault(_key(image), mask)
+        assert np.array_equal(known, mask), "two forgeries with the same pixels and different masks"
+    return sensitivity.per_image(lambda rgb: table[_key(rgb)].astype(np.float32))
+
+
+def constant(images):
+    return np.full(images.shape[:3], 0.5, np.float32)
+
+
+def red_channel(images):
+    return images[..., 0].astype(np.float32) / 255.0
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------------------------
+# Sensitivity
+# --------------------------------------------------------------------------------------------
+def test_perfect_predictor_scores_one_for_every_leaf(index):
+    patches = sensitivity.pristine_patches(index, 3, seed=5)
+    leaves = sensitivity.select_leaves(TYPES)
+    perfect = oracle(sensitivity.sensitivity_forgeries(patches, leaves, seed=5))
+    rows = sensitivity.run_sensitivity(perfect, patches, leaves, seed=5, batch_size=4)
+    assert [r["leaf"] for r in rows] == [m.leaf for m in leaves]
+    assert all(r["auc"] == 1.0 and r["auc_pooled"] == 1.0 and r["n"] == 3 for r in rows)
+
+
+def test_constant_predictor_scores_one_half(index):
+    patches = sensitivity.pristine_patches(index, 2, seed=0)
+    rows = sensitivity.run_sensitivity(constant, patches, sensitivity.select_leaves(["GaussianBlur"]), batch_size=3)
+    assert len(rows) == 16
+    assert all(r["auc"] == 0.5 and r["n"] == 2 for r in rows)
+
+
+def test_samples_share_patch_and_mask_across_leaves_and_stay_within_half(index):
+    patches = sensitivity.pristine_patches(index, 4, seed=2)
+    leaves = sensitivity.select_leaves(["JPEGCompress"])[:2]
+    items = list(sensitivity.sensitivity_forgeries(patches, leaves, seed=2))
+    first, second = items[:4], items[4:]
+    for (_, _, mask_a), (_, _, mask_b) in zip(first, second):
+        np.testing.assert_array_equal(mask_a, mask_b)
+        assert 0 < mask_a.mean() <= 0.5
+    for (_, image, mask), patch in zip(first, patches):
+        np.testing.assert_array_equal(image[mask == 0], patch[mask == 0])  # hard edge: outside untouched
+    # Every patch of the (two-patch) split is used before any is used twice.
+    assert len({p.tobytes() for p in patches[:2]}) == 2
+
+
+def test_leaf_selection():
+    assert {m.type for m in sensitivity.select_leaves(families=["contrast"])} == {"AutoContrast", "HistEq"}
+    assert len(sensitivity.select_leaves(["BoxBlur"], ["blur"])) == 16
+    with pytest.raises(KeyError, match="Boxblur"):
+        sensitivity.select_leaves(["Boxblur"])
+    with pytest.raises(ValueError, match="no IMC leaf"):
+        sensitivity.select_leaves(["BoxBlur"], ["noise"])
+
+
+# --------------------------------------------------------------------------------------------
+# Robustness
+# --------------------------------------------------------------------------------------------
+def test_perfect_predictor_is_robust_to_every_attack(index):
+    patches = sensitivity.pristine_patches(index, 4, seed=1)
+    base = sensitivity.robustness_base(patches, seed=1)
+    assert [kind for kind, _, _ in base] == ["splicing", "copy_move", "removal", "enhancement"]
+    levels = sensitivity.robustness_levels(**SMALL_LEVELS)
+    perfect = oracle(sensitivity.robustness_samples(base, levels))
+    rows = sensitivity.run_robustness(perfect, patches, seed=1, batch_size=3, **SMALL_LEVELS)
+    assert [(r["attack"], r["level"]) for r in rows] == [
+        ("none", 0), ("downscale", 1.0), ("downscale", 0.5), ("jpeg", 90), ("jpeg", 50), ("edge_blur", 3),
+        ("edge_blur", 7)]
+    assert all(r["auc"] == 1.0 and r["n"] >= 3 for r in rows)
+    constant_rows = sensitivity.run_robustness(constant, patches, seed=1, **SMALL_LEVELS)
+    assert all(r["auc"] == 0.5 for r in constant_rows)
+
+
+def test_attacks_change_what_they_should():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    mask = np.zeros((24, 32), np.uint8)
+    mask[6:14, 8:20] = 1
+    small, small_mask = sensitivity.downscale(image, mask, 0.5)
+    assert small.shape == (12, 16, 3)
+    expected = np.zeros((12, 16), np.uint8)
+    expected[3:7, 4:10] = 1  # the block is aligned to 2x2 cells: downscaled exactly
+    np.testing.assert_array_equal(small_mask, expected)
+    assert sensitivity.downscale(image, mask, 1.0)[0] is image
+    assert not np.array_equal(sensitivity.jpeg(image, 50), image)
+
+    blurred = sensitivity.edge_blur(image, mask, 5, half_width=2)
+    band = sensitivity.edge_band(mask, 2).astype(bool)
+    np.testing.assert_array_equal(blurred[~band], image[~band])
+    np.testing.assert_array_equal(blurred[band], cv2.GaussianBlur(image, (5, 5), 0)[band])
+    with pytest.raises(ValueError, match="odd"):
+        sensitivity.edge_blur(image, mask, 4)
+
+
+def test_edge_band_against_a_neighbourhood_reference():
+    rng = np.random.default_rng(3)
+    mask = (cv2.GaussianBlur(rng.random((20, 22)), (7, 7), 0) > 0.5).astype(np.uint8)
+    half = 2
+    element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * half + 1, 2 * half + 1)).astype(bool)
+    expected = np.zeros_like(mask)
+    for y in range(mask.shape[0]):
+        for x in range(mask.shape[1]):
+            seen = set()
+            for dy in range(-half, half + 1):
+                for dx in range(-half, half + 1):
+                    yy, xx = y + dy, x + dx
+                    if element[dy + half, dx + half] and 0 <= yy < mask.shape[0] and 0 <= xx < mask.shape[1]:
+                        seen.add(int(mask[yy, xx]))
+            expected[y, x] = seen == {0, 1}  # forged and pristine pixels within reach: on the outline
+    np.testing.assert_array_equal(sensitivity.edge_band(mask, half), expected)
+
+
+def test_bad_levels_are_refused():
+    with pytest.raises(ValueError, match=r"downscale factors must be in \(0, 1\]"):
+        sensitivity.robustness_levels(downscale_factors=(1.5,))
+    with pytest.raises(ValueError, match="JPEG qualities"):
+        sensitivity.robustness_levels(jpeg_qualities=(101,))
+    with pytest.raises(ValueError, match="forgery kinds"):
+        sensitivity.robustness_base([np.zeros((32, 32, 3), np.uint8)], seed=0, kinds=["blur"])
+
+
+# --------------------------------------------------------------------------------------------
+# Files, determinism, errors, a real network
+# --------------------------------------------------------------------------------------------
+def test_cli_writes_csv_and_plots_deterministically(index, tmp_path):
+    options = dict(per_param=2, types=["JPEGCompress", "Dithering", "GaussianNoise"], robust_samples=3,
+                   batch_size=4, progress=False, **SMALL_LEVELS)
+    sensitivity_cli.run(red_channel, index, str(tmp_path / "a"), seed=4, **options)
+    sensitivity_cli.run(red_channel, index, str(tmp_path / "b"), seed=4, **options)
+    sensitivity_cli.run(red_channel, index, str(tmp_path / "c"), seed=5, **options)
+    for name in ("sensitivity.csv", "robustness.csv"):
+        a, b, c = (read_csv(tmp_path / d / name) for d in "abc")
+        assert a == b and a != c
+    rows = read_csv(tmp_path / "a" / "sensitivity.csv")
+    assert list(rows[0])[:4] == ["type", "param", "auc", "n"]
+    assert {r["type"] for r in rows} == {"JPEGCompress", "Dithering", "GaussianNoise"} and len(rows) == 33
+    assert all(0.0 <= float(r["auc"]) <= 1.0 and r["n"] == "2" for r in rows)
+    assert list(read_csv(tmp_path / "a" / "robustness.csv")[0]) == ["attack", "level", "auc", "n", "auc_pooled"]
+    for png in ("sensitivity.png", "sensitivity_compression.png", "sensitivity_quantization.png",
+                "sensitivity_noise.png", "robustness.png"):
+        assert (tmp_path / "a" / png).stat().st_size > 5000
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["n_leaves"] == 33
+
+
+def test_family_plot_lines_split_double_jpeg_by_first_quality():
+    leaves = sensitivity.select_leaves(["JPEGDoubleCompress", "Dithering"])
+    rows = [{"leaf": m.leaf, "type": m.type, "param": "", "auc": 0.6, "family": m.family} for m in leaves]
+    lines, flat = sensitivity._family_lines(rows)
+    assert len(lines) == 8 and all(len(x) == 8 and x == sorted(x) for _, x, _ in lines)
+    assert [label for label, _, _ in lines][:2] == ["JPEGDoubleCompress Q1=36", "JPEGDoubleCompress Q1=44"]
+    assert flat == [("Dithering", 0.6)]
+
+
+def test_empty_test_split_names_the_folder(tmp_path):
+    (tmp_path / "only_train").mkdir()
+    root = photo_folder(tmp_path / "only_train", {"train": 1})
+    index = photos.build_patch_index(root, patch=PATCH, use_cache=False)
+    with pytest.raises(ValueError, match=r"only_train: the 'test' split has no"):
+        sensitivity.pristine_patches(index, 2, seed=0)
+
+
+def test_model_batch_predictor_matches_single_images():
+    cfg = config.make_config(width_scale=0.125, backbone="baseline", windows=(3, 5))
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), cfg))
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "moving_variance" in name or "min_std" in name:
+            return np.ones(leaf.shape, np.float32)
+        fan_in = int(np.prod(leaf.shape[:-1])) or 1
+        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    variables = jax.tree_util.tree_map_with_path(draw, abstract)
+    images = rng.integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+    probs = sensitivity.model_batch_predictor(cfg, variables, batch_size=2)(images)
+    assert probs.shape == (3, 24, 24)
+    for image, prob in zip(images, probs):
+        np.testing.assert_allclose(prob, tiled.whole_image_probabilities(variables, image, cfg), atol=2e-5)
+    with pytest.raises(ValueError, match="'imc' head"):
+        sensitivity.model_batch_predictor(cfg.replace(head="imc", num_classes=7), variables)
