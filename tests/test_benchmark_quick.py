@@ -1,0 +1,98 @@
+"""benchmarks/accelerator.py: a quick run end to end on the CPU, its verdicts, and its PyTorch peer."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import accelerator
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_quick_row_runs_end_to_end_and_writes_json(tmp_path):
+    out = tmp_path / "accelerator.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.accelerator", "--quick", "--rows", "infer", "--dtypes", "float32",
+         "--repeats", "2", "--no_torch", "--no_loader", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+
+    (row,) = report["jax"]
+    assert "error" not in row, row
+    assert row["row"] == "infer" and row["dtype"] == "float32" and row["tiled"] is False
+    assert len(row["times_s"]) == 2 and row["median_s"] > 0
+    # The released network costs ~8.7 MFLOP per pixel; the 1/8-width one about 1/40 of that.
+    per_pixel = row["flops"] / (96 * 128)
+    assert 5e4 < per_pixel < 1e6, per_pixel
+    peak = report["peak"]["dtypes"]["float32"]
+    assert peak["tflops_per_s"] == pytest.approx(2 * report["peak"]["n"] ** 3 / peak["median_s"] / 1e12)
+
+    (summary,) = report["summary"]
+    assert summary["ms"] == pytest.approx(1e3 * row["median_s"])
+    assert summary["tflops_per_s"] == pytest.approx(row["flops"] / row["median_s"] / 1e12)
+    assert summary["peak_share"] == pytest.approx(summary["tflops_per_s"] / peak["tflops_per_s"])
+    assert summary["torch"] == "n/a"
+    table = done.stdout
+    assert "infer" in table and "float32" in table and "1x96x128" in table
+
+
+def _summary(row, dtype, ms=None, share=None, ratio=None, error=None):
+    s = {"row": row, "dtype": dtype, "ms": ms, "peak_share": share, "speed_ratio": ratio}
+    if error:
+        s["error"] = error
+    return s
+
+
+def test_targets_pass_and_fail_on_the_issue_thresholds():
+    good = [_summary("infer", "bfloat16", ms=19.9, ratio=1.2), _summary("imc_train", "bfloat16", share=0.41, ratio=1.0),
+            _summary("infer_large", "bfloat16", ms=800, ratio=3.0)]
+    assert [v for _, v in accelerator.check_targets(good, torch_ran=True)] == ["PASS"] * 4
+
+    bad = [_summary("infer", "bfloat16", ms=20.1, ratio=1.2), _summary("imc_train", "bfloat16", share=0.39, ratio=0.9),
+           _summary("infer_large", "bfloat16", error="OOM")]
+    verdicts = accelerator.check_targets(bad, torch_ran=True)
+    assert [v for _, v in verdicts] == ["FAIL"] * 4
+    assert "imc_train/bfloat16" in verdicts[2][0] and "OOM: bfloat16" in verdicts[3][0]
+    assert [v for _, v in accelerator.check_targets(good, torch_ran=False)][2] == "n/a"
+
+
+def test_summary_rates_and_torch_ratio():
+    spec = accelerator.row_specs(quick=False)["imc_train"]
+    jax_row = {"row": "imc_train", "dtype": "bfloat16", "median_s": 0.08, "flops": 24e12, "peak_bytes": 3e9}
+    peak = {"dtypes": {"bfloat16": {"tflops_per_s": 600.0}}}
+    s = accelerator.summarize_row(jax_row, {"median_s": 0.1}, peak, spec)
+    assert s["per_s"] == pytest.approx(64 / 0.08)
+    assert s["tflops_per_s"] == pytest.approx(300.0)
+    assert s["peak_share"] == pytest.approx(0.5)
+    assert s["speed_ratio"] == pytest.approx(1.25)
+    assert accelerator.summarize_row(jax_row, {"error": "OOM"}, peak, spec)["torch"] == "OOM"
+    assert accelerator.summarize_row(jax_row, None, peak, spec)["torch"] == "n/a"
+
+
+def test_torch_peer_matches_the_jax_network():
+    torch = pytest.importorskip("torch")  # an optional dependency of the benchmark only
+    del torch
+    check = accelerator.check_torch_peer()
+    assert check["counts"]["released"]["jax"] == [3_805_078, 3_804_950]
+    assert all(v["jax"] == v["torch"] for v in check["counts"].values())
+    for key, diff in check["max_abs_diff"].items():
+        assert check["max_abs_logit"][key] > 1e-2, key  # the comparison is not between zeros
+        assert diff < 1e-4 * max(1.0, check["max_abs_logit"][key]), (key, diff)
+    assert check["ok"]
+
+
+def test_benchmark_variables_have_the_model_shapes():
+    import jax
+
+    from mantra_jax.nn import config, model
+
+    cfg = config.make_config(width_scale=accelerator.QUICK_WIDTH_SCALE)
+    variables = accelerator.benchmark_variables(cfg)
+    model.check_variables(variables, cfg)
+    leaves = jax.tree_util.tree_leaves(variables)
+    assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
+    assert np.all(variables["batch_stats"]["bnorm"]["moving_variance"] == 1)
