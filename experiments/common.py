@@ -88,3 +88,11 @@ def write_flags(workdir: str):
     (Path(workdir) / "flags.txt").write_text(FLAGS.flags_into_string())
 
 
+
+
+def print_summary(summary: dict):
+    """The final validation numbers, once (process 0)."""
+    import jax
+
+    if jax.process_index() == 0:
+        print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)}, flush=True)

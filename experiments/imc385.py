@@ -32,7 +32,7 @@ def main(argv):
                          workers=FLAGS.workers)
     common.write_flags(FLAGS.workdir)
     summary = loop.train(task, common.loop_config())
-    print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
+    common.print_summary(summary)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def main(argv):
         val_batch_size=FLAGS.val_batch_size, workers=FLAGS.workers, patch_size=FLAGS.patch_size)
     common.write_flags(FLAGS.workdir)
     summary = loop.train(task, common.loop_config())
-    print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
+    common.print_summary(summary)
 
 
 if __name__ == "__main__":
