@@ -7,7 +7,6 @@ the nested Featex model's weights one level deeper), independently of the reader
 """
 import functools
 import json
-import shutil
 
 import h5py
 import jax

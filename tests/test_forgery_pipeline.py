@@ -1,11 +1,11 @@
 """Tests for mantra_jax.data.forgery_pipeline: samples, type mix, workers, state, shards, val."""
 
-import cv2
 import numpy as np
 import pytest
 
 from mantra_jax.data import forgeries, forgery_pipeline, imc_pipeline, photos
 from mantra_jax.data.photos import PatchEntry
+from tests.photo_folders import write_photo_folder
 
 FORGED_IDS = set(range(len(forgeries.FORGERY_TYPES)))
 
@@ -13,22 +13,7 @@ FORGED_IDS = set(range(len(forgeries.FORGERY_TYPES)))
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     """Synthetic 256 x 512 textured photos: 4 in the train split, 2 in val (2 patches each)."""
-    root = tmp_path_factory.mktemp("forgery_photos")
-    rng = np.random.default_rng(0)
-    wanted = {"train": 4, "val": 2}
-    i = 0
-    while any(wanted.values()):
-        name = f"cam{i % 3}/p{i:03d}.png"
-        split = photos.split_of(name)
-        i += 1
-        if wanted.get(split, 0) == 0:
-            continue
-        wanted[split] -= 1
-        photo = rng.integers(0, 256, size=(256, 512, 3), dtype=np.uint8)
-        (root / name).parent.mkdir(exist_ok=True)
-        ok, encoded = cv2.imencode(".png", photo)
-        assert ok
-        (root / name).write_bytes(encoded.tobytes())
+    root = write_photo_folder(tmp_path_factory.mktemp("forgery_photos"), {"train": 4, "val": 2}, width=512, subfolders=3)
     built = photos.build_patch_index(root, use_cache=False)
     assert (len(built.train), len(built.val), len(built.test)) == (8, 4, 0)
     return built

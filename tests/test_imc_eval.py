@@ -1,7 +1,6 @@
 """IMC evaluation of a saved checkpoint (experiments/evaluate_imc.py, mantra_jax/eval/imc_eval.py)."""
 import json
 
-import cv2
 import jax
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from mantra_jax.eval import imc_eval
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config, model
 from mantra_jax.train import checkpoint
+from tests.photo_folders import write_photo_folder
 
 LEVEL = 1
 PATCH, CROP, SAMPLES, BATCH = 64, 32, 10, 4  # 10 samples in batches of 4: the last one is padded
@@ -32,18 +32,7 @@ def random_variables(cfg, seed):
 
 
 def photo_folder(root, wanted):
-    """Random-noise photos whose names hash to the wanted splits ({"test": 2, ...})."""
-    rng = np.random.default_rng(0)
-    wanted, i = dict(wanted), 0
-    while any(wanted.values()):
-        name = f"p{i:03d}.png"
-        i += 1
-        split = photos.split_of(name)
-        if wanted.get(split, 0) == 0:
-            continue
-        wanted[split] -= 1
-        cv2.imwrite(str(root / name), rng.integers(0, 256, (PATCH, PATCH, 3), dtype=np.uint8))
-    return root
+    return write_photo_folder(root, wanted, height=PATCH, width=PATCH)
 
 
 @pytest.fixture(scope="module")

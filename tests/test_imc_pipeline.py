@@ -2,33 +2,19 @@
 
 import pickle
 
-import cv2
 import grain
 import numpy as np
 import pytest
 
 from mantra_jax.data import images, imc_pipeline, photos
 from mantra_jax.imc import manipulations, taxonomy
+from tests.photo_folders import write_photo_folder
 
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     """Synthetic 256 x 512 textured photos: 4 in the train split, 2 in val."""
-    root = tmp_path_factory.mktemp("imc_photos")
-    rng = np.random.default_rng(0)
-    wanted = {"train": 4, "val": 2}
-    i = 0
-    while any(wanted.values()):
-        name = f"cam{i % 3}/p{i:03d}.png"
-        split = photos.split_of(name)
-        i += 1
-        if wanted.get(split, 0) == 0:
-            continue
-        wanted[split] -= 1
-        photo = rng.integers(0, 256, size=(256, 512, 3), dtype=np.uint8)
-        (root / name).parent.mkdir(exist_ok=True)
-        ok, encoded = cv2.imencode(".png", photo)
-        (root / name).write_bytes(encoded.tobytes())
+    root = write_photo_folder(tmp_path_factory.mktemp("imc_photos"), {"train": 4, "val": 2}, width=512, subfolders=3)
     built = photos.build_patch_index(root, use_cache=False)
     assert (len(built.train), len(built.val), len(built.test)) == (8, 4, 0)
     return built

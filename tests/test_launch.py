@@ -6,7 +6,6 @@ standard-library scripts) with fake trainers, a fake `sbatch` and a fake `srun`.
 import ast
 import csv
 import importlib.util
-import io
 import json
 import math
 import os

@@ -1,7 +1,6 @@
 """The end-to-end task: loss from logits, Table 7 initialisations and optimisers, a short run."""
 import json
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,22 +10,14 @@ import pytest
 from mantra_jax.data import photos
 from mantra_jax.nn import config, model
 from mantra_jax.train import checkpoint, loop, mantranet
+from tests.photo_folders import write_photo_folder
 
 CFG = config.make_config(width_scale=0.0625, backbone="baseline")
 
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    wanted, i = {"train": 2, "val": 1}, 0
-    while any(wanted.values()):
-        name = f"p{i:03d}.png"
-        i += 1
-        split = photos.split_of(name)
-        if wanted.get(split, 0):
-            wanted[split] -= 1
-            cv2.imwrite(str(root / name), rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    root = write_photo_folder(tmp_path_factory.mktemp("photos"), {"train": 2, "val": 1})
     return photos.build_patch_index(root, use_cache=False)
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mantra_jax.nn import config, featex, ladn, layers, model
+from mantra_jax.nn import config, featex, ladn, model
 
 TINY = config.make_config(width_scale=0.125)
 

@@ -7,11 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
-from mantra_jax.data import photos
+from tests.photo_folders import write_photo_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,18 +27,7 @@ def losses(workdir):
 
 @pytest.fixture()
 def photo_dir(tmp_path):
-    tmp_path = tmp_path / "photos"
-    tmp_path.mkdir()
-    rng = np.random.default_rng(0)
-    wanted, i = {"train": 2, "val": 1}, 0
-    while any(wanted.values()):
-        name = f"p{i:03d}.png"
-        i += 1
-        split = photos.split_of(name)
-        if wanted.get(split, 0):
-            wanted[split] -= 1
-            cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
-    return tmp_path
+    return write_photo_folder(tmp_path / "photos", {"train": 2, "val": 1})
 
 
 def test_two_processes_match_one_process_on_the_same_global_batches(photo_dir, tmp_path):

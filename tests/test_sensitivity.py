@@ -12,6 +12,7 @@ from experiments import sensitivity as sensitivity_cli
 from mantra_jax.data import photos
 from mantra_jax.eval import sensitivity
 from mantra_jax.nn import config, model, tiled
+from tests.photo_folders import write_photo_folder
 
 PATCH = 48
 TYPES = ["Quantization", "Dithering", "JPEGCompress"]  # 25 leaves; each one changes a noise image
@@ -19,18 +20,7 @@ SMALL_LEVELS = dict(downscale_factors=(1.0, 0.5), jpeg_qualities=(90, 50), blur_
 
 
 def photo_folder(root, wanted):
-    """Random-noise photos whose names hash to the wanted splits ({"test": 2, ...})."""
-    rng = np.random.default_rng(0)
-    wanted, i = dict(wanted), 0
-    while any(wanted.values()):
-        name = f"p{i:03d}.png"
-        i += 1
-        split = photos.split_of(name)
-        if wanted.get(split, 0) == 0:
-            continue
-        wanted[split] -= 1
-        cv2.imwrite(str(root / name), rng.integers(0, 256, (PATCH, PATCH, 3), dtype=np.uint8))
-    return root
+    return write_photo_folder(root, wanted, height=PATCH, width=PATCH)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 
-import cv2
 import grain
 import jax
 import jax.numpy as jnp
@@ -16,6 +15,7 @@ from mantra_jax.data import photos
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config
 from mantra_jax.train import checkpoint, imc, loop
+from tests.photo_folders import write_photo_folder
 
 LEVEL = 1
 MODEL = config.make_config(width_scale=0.0625, backbone="baseline", head="imc", num_classes=taxonomy.num_classes(LEVEL))
@@ -23,18 +23,7 @@ MODEL = config.make_config(width_scale=0.0625, backbone="baseline", head="imc", 
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    wanted, i = {"train": 2, "val": 1}, 0
-    while any(wanted.values()):
-        name = f"p{i:03d}.png"
-        i += 1
-        split = photos.split_of(name)
-        if wanted.get(split, 0) == 0:
-            continue
-        wanted[split] -= 1
-        img = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
-        cv2.imwrite(str(root / name), img)
+    root = write_photo_folder(tmp_path_factory.mktemp("photos"), {"train": 2, "val": 1})
     return photos.build_patch_index(root, use_cache=False)
 
 

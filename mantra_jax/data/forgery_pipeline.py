@@ -44,11 +44,10 @@ from mantra_jax.data import forgeries
 from mantra_jax.data.imc_pipeline import (  # noqa: F401  (state helpers re-exported)
     ImcSource,
     _balanced,
-    _ensure_absl_flags_parsed,
     _shard_seed,
-    init_worker,
     iterator_state_to_json,
     ordered_patches,
+    prefetched,
     restore_iterator_state,
 )
 from mantra_jax.data.photos import PatchEntry, PatchIndex
@@ -292,18 +291,9 @@ def make_train_dataset(
     )
     dataset = dataset.random_map(transform, seed=_shard_seed(seed, shard_index))
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    iter_dataset = dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer)
+    return prefetched(
+        dataset, worker_count=worker_count, read_threads=read_threads, prefetch_buffer=prefetch_buffer
     )
-    if worker_count > 0:
-        _ensure_absl_flags_parsed()
-        iter_dataset = iter_dataset.mp_prefetch(
-            grain.MultiprocessingOptions(
-                num_workers=worker_count, per_worker_buffer_size=prefetch_buffer
-            ),
-            worker_init_fn=init_worker,
-        )
-    return iter_dataset
 
 
 class ForgeryValSample(NamedTuple):

@@ -317,6 +317,16 @@ def make_train_dataset(
         )
     else:
         dataset = dataset.batch(batch_size, drop_remainder=True)
+    return prefetched(
+        dataset, worker_count=worker_count, read_threads=read_threads, prefetch_buffer=prefetch_buffer
+    )
+
+
+def prefetched(
+    dataset: grain.MapDataset, *, worker_count: int, read_threads: int, prefetch_buffer: int
+) -> grain.IterDataset:
+    """The batched MapDataset as an IterDataset, read by ``worker_count`` processes (0: in
+    process) that use numpy and OpenCV only, one OpenCV thread each (``init_worker``)."""
     iter_dataset = dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer)
     )
