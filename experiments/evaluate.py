@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from mantra_jax.eval import datasets, pixel_metrics, plots, report
+from mantra_jax.train.reporting import ProgressLine
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
@@ -38,36 +37,6 @@ class EvaluationOptions:
     max_images: int = 0  # 0: all; otherwise the first N forged and the first N authentic images
     n_panels: int = 4
     image_score: str = "mean"
-
-
-class ProgressLine:
-    """A one-line progress report (count, rate, ETA) on stderr, refreshed at most once a second."""
-
-    def __init__(self, total: int, label: str, stream=None, min_interval_s: float = 1.0):
-        self.total = total
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.min_interval_s = min_interval_s
-        self.start = time.monotonic()
-        self._last = -float("inf")
-        self._interactive = bool(getattr(self.stream, "isatty", lambda: False)())
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if done < self.total and now - self._last < self.min_interval_s:
-            return
-        self._last = now
-        elapsed = now - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
-        if np.isfinite(eta):
-            eta_text = f"{int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}"
-        else:
-            eta_text = "?"
-        line = f"[{self.label}] {done}/{self.total}  {rate:.2f} img/s  ETA {eta_text}"
-        end = "\r" if self._interactive and done < self.total else "\n"
-        self.stream.write(line + end)
-        self.stream.flush()
 
 
 def _predict(predict_fn: PredictFn, rgb: np.ndarray, name: str) -> np.ndarray:

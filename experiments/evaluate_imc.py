@@ -45,7 +45,7 @@ def run(checkpoint: str, data_dir: str, out: str, *, split: str = "test", sample
     """Loads the checkpoint, scores it and writes the report; returns the report's content."""
     import jax.numpy as jnp  # noqa: PLC0415  (JAX and Orbax only when a model is run)
 
-    from experiments.evaluate import ProgressLine  # noqa: PLC0415
+    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
     from mantra_jax.data import bundled, photos  # noqa: PLC0415
     from mantra_jax.train import checkpoint as checkpoint_lib  # noqa: PLC0415
 

@@ -39,6 +39,7 @@ import numpy as np
 from mantra_jax.data import images
 from mantra_jax.nn import model, tiled
 from mantra_jax.nn.config import ModelConfig
+from mantra_jax.train.reporting import ProgressLine
 
 # Measured with the released model on CPU (benchmarks/tiled_memory.py): the whole-image pass
 # peaks at about 5.2 KB per pixel (11.3 GB RSS at 2.1 megapixels; XLA asks for 38.5 GB at 12),
@@ -147,34 +148,6 @@ def write_png(path, image) -> None:
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-class _Progress:
-    """A progress bar on stderr: count, rate and ETA; one line per image when not a terminal."""
-
-    def __init__(self, total: int, stream=None):
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.done = 0
-        self.start = time.perf_counter()
-        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def update(self, name: str):
-        self.done += 1
-        elapsed = time.perf_counter() - self.start
-        rate = elapsed / self.done
-        eta = int(round(rate * (self.total - self.done)))
-        width = 24
-        filled = int(width * self.done / self.total)
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                f"{rate:.2f} s/image ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d} {name}")
-        if self.interactive:
-            self.stream.write("\r" + line[:150].ljust(150))
-            if self.done == self.total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
 def collect_inputs(paths: Sequence[str], exclude: Optional[Path] = None) -> tuple[list[Path], list[tuple[str, str]], bool]:
     """(image files, (path, reason) of inputs that do not exist, whether a folder was given).
 
@@ -246,20 +219,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CheckpointError, ValueError) as e:
         print(f"error: cannot use the checkpoint {args.checkpoint}: {e}", file=sys.stderr)
         return 2
-    progress = _Progress(len(files)) if any_folder or len(files) > 1 else None
+    progress = ProgressLine(len(files), "predict", min_interval_s=0.0) if any_folder or len(files) > 1 else None
     used_stems: set = set()
     processed = 0
     with open(out / "summary.csv", "w", newline="") as summary_file:
         summary = csv.writer(summary_file)
         summary.writerow(SUMMARY_FIELDS)
-        for path in files:
+        for i, path in enumerate(files, start=1):
             start = time.perf_counter()
             try:
                 rgb, prob = predictor.predict_file(path, max_pixels=args.max_pixels)
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
                 reason = str(e) if isinstance(e, images.ImageReadError) else f"{type(e).__name__}: {e}"
-                newline = "\n" if progress is not None and progress.interactive else ""
-                print(f"{newline}skipped {path}: {reason}", file=sys.stderr)
+                (progress.message if progress is not None else lambda t: print(t, file=sys.stderr))(
+                    f"skipped {path}: {reason}")
                 skipped.append((str(path), reason))
             else:
                 seconds = time.perf_counter() - start
@@ -272,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 summary_file.flush()
                 processed += 1
             if progress is not None:
-                progress.update(path.name)
+                progress.update(i, path.name)
     _write_skipped(out, skipped)
     print(f"{processed} image(s) processed, {len(skipped)} skipped; results in {out}", file=sys.stderr)
     return 0 if processed else 1

@@ -43,6 +43,36 @@ class Progress:
         print(self.line(step, loss, extra), file=self.stream, flush=True)
 
 
+class ProgressLine:
+    """A progress line for loops over files (count, rate, ETA, the current item) on stderr: one
+    refreshed line on a terminal, at most one line a second otherwise."""
+
+    def __init__(self, total: int, label: str, stream=None, min_interval_s: float = 1.0):
+        self.total, self.label = total, label
+        self.stream = stream if stream is not None else sys.stderr
+        self.min_interval_s = min_interval_s
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._start, self._last = time.perf_counter(), -float("inf")
+
+    def update(self, done: int, item: str = ""):
+        now = time.perf_counter()
+        if done < self.total and now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        rate = done / (now - self._start) if now > self._start else float("nan")
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        line = f"[{self.label}] {done}/{self.total}  {rate:.2f}/s  ETA {_fmt_seconds(eta)}  {item}".rstrip()
+        if self.interactive:
+            self.stream.write("\r" + line[:150].ljust(150) + ("\n" if done >= self.total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def message(self, text: str):
+        """A line of its own (e.g. a skipped file), not overwritten by the next update."""
+        print(("\n" if self.interactive else "") + text, file=self.stream, flush=True)
+
+
 class MetricsWriter:
     """metrics.jsonl (one JSON object per line, always with "step") and TensorBoard scalars."""
 
