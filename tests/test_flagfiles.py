@@ -1,0 +1,24 @@
+"""Every shipped flagfile parses with its entry point's flags (no unknown flag, no bad value)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGFILES = sorted((ROOT / "experiments" / "flags").glob("*.flags"))
+
+
+@pytest.mark.parametrize("flagfile", FLAGFILES, ids=lambda p: p.name)
+def test_flagfile_parses(flagfile):
+    module = "experiments.imc385" if flagfile.name.startswith("imc385") else "experiments.mantranet"
+    proc = subprocess.run([sys.executable, "-m", module, f"--flagfile={flagfile}", "--helpshort"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert "FATAL" not in output and "Unknown command line flag" not in output, output[-2000:]
+    assert "Try --helpfull" in output  # the help was printed, i.e. every flag parsed
+
+
+def test_flagfiles_exist_for_both_trainers():
+    names = {p.name for p in FLAGFILES}
+    assert {"imc385.flags", "imc385_smoke.flags", "mantranet.flags", "mantranet_smoke.flags"} <= names
