@@ -113,9 +113,14 @@ def count(cfg: ModelConfig) -> tuple[int, int]:
 
 def receptive_radius(cfg: ModelConfig) -> int:
     """Pixels beyond a tile edge that influence the local part (windows, ConvLSTM, pred), given the
-    image-wide moments."""
-    r_window = max(cfg.windows) // 2 if cfg.anomaly != "zf" else 0
-    r_lstm = cfg.time_steps * (cfg.lstm_kernel // 2)  # input conv and recurrent conv overlap
-    return int(r_window + r_lstm + cfg.lstm_kernel // 2 + cfg.pred_kernel // 2)
-
-
+    image-wide moments: the input of step t (1-based, of T) is seen through its window radius, the
+    input convolution and T - t recurrent convolutions, then the prediction's kernel."""
+    k = cfg.lstm_kernel // 2
+    if cfg.anomaly == "zf":
+        radii = [0]
+    elif cfg.anomaly == "fac":  # one ConvLSTM step over every window at once
+        radii = [max(w // 2 for w in cfg.windows)]
+    else:
+        radii = [w // 2 for w in cfg.windows] + ([0] if cfg.use_global else [])
+    steps = len(radii)
+    return int(max(r + (steps - t + 1) * k for t, r in enumerate(radii, start=1)) + cfg.pred_kernel // 2)
