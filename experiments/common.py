@@ -96,3 +96,18 @@ def print_summary(summary: dict):
 
     if jax.process_index() == 0:
         print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)}, flush=True)
+
+
+def start_evaluation_cli(argv, fv, required):
+    """The common start of the checkpoint-evaluation commands: no stray arguments, quiet logging
+    unless --verbosity is given, and the required flags present."""
+    from absl import app
+    from absl import logging as absl_logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not fv["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and matplotlib are chatty at INFO
+    missing = [name for name in required if not fv[name].value]
+    if missing:
+        raise app.UsageError(f"missing flags: {', '.join('--' + m for m in missing)}")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from experiments import common
 
 from mantra_jax.eval import imc_eval
 
@@ -72,14 +74,8 @@ def run(checkpoint: str, data_dir: str, out: str, *, split: str = "test", sample
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     fv = flags.FLAGS
-    if not fv["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax and matplotlib are chatty at INFO
-    missing = [name for name in ("checkpoint", "out") if not fv[name].value]
-    if missing:
-        raise app.UsageError(f"missing flags: {', '.join('--' + m for m in missing)}")
+    common.start_evaluation_cli(argv, fv, ("checkpoint", "out"))
     report = run(fv.checkpoint, fv.data_dir, fv.out, split=fv.split, samples=fv.samples, batch_size=fv.batch_size,
                  patch=fv.patch, crop=fv.crop, seed=fv.seed, which=fv.which, precision=fv.precision)
     for j, r in report["levels"].items():

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from experiments import common
 
 from mantra_jax.eval import kcmi
 
@@ -59,14 +61,8 @@ def run(checkpoint: str, data_dir: str, out: str, *, k: int = kcmi.DEFAULT_K, cr
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     fv = flags.FLAGS
-    if not fv["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax and matplotlib are chatty at INFO
-    missing = [name for name in ("checkpoint", "data_dir", "out") if not fv[name].value]
-    if missing:
-        raise app.UsageError(f"missing flags: {', '.join('--' + m for m in missing)}")
+    common.start_evaluation_cli(argv, fv, ("checkpoint", "data_dir", "out"))
     result = run(fv.checkpoint, fv.data_dir, fv.out, k=fv.k, crop=fv.crop, seed=fv.seed, metric=fv.metric,
                  which=fv.which, precision=fv.precision)
     print(f"KCMI accuracy {100 * result['accuracy']:.1f} % over {result['n_test']} photos of "

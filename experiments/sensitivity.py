@@ -16,7 +16,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from experiments import common
 
 from mantra_jax.data import forgeries
 from mantra_jax.eval import sensitivity
@@ -97,14 +99,8 @@ def run(predict_batch, index, out: str, *, split: str = "test", per_param: int =
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     fv = flags.FLAGS
-    if not fv["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax and matplotlib are chatty at INFO
-    missing = [name for name in ("checkpoint", "out") if not fv[name].value]
-    if missing:
-        raise app.UsageError(f"missing flags: {', '.join('--' + m for m in missing)}")
+    common.start_evaluation_cli(argv, fv, ("checkpoint", "out"))
     try:
         factors = [float(f) for f in fv.downscale_factors]
         qualities = [int(q) for q in fv.jpeg_qualities]

@@ -5,7 +5,7 @@ import pytest
 
 from mantra_jax.data import forgeries, forgery_pipeline, imc_pipeline, photos
 from mantra_jax.data.photos import PatchEntry
-from tests.photo_folders import write_photo_folder
+from tests.helpers import assert_same_batches, take_batches, write_photo_folder
 
 FORGED_IDS = set(range(len(forgeries.FORGERY_TYPES)))
 
@@ -19,23 +19,10 @@ def index(tmp_path_factory):
     return built
 
 
-def _take(iterator, n):
-    # Copy out of grain's shared-memory arrays so nothing outlives the iterator.
-    return [{k: np.array(v) for k, v in next(iterator).items()} for _ in range(n)]
-
-
-def _assert_same_batches(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
-
-
 def _batches(index, n, **kwargs):
     kwargs = {"seed": 3, "batch_size": 4, "patch_size": 64, **kwargs}
     iterator = iter(forgery_pipeline.make_train_dataset(index, **kwargs))
-    batches = _take(iterator, n)
+    batches = take_batches(iterator, n)
     if hasattr(iterator, "close"):
         iterator.close()
     return batches
@@ -145,7 +132,7 @@ def test_train_batches_shapes_dtypes_and_masks(index):
         _assert_masks_match_kinds(batch)
     kinds = np.concatenate([b["kind"] for b in batches])
     assert forgeries.PRISTINE_ID in kinds and len(set(kinds.tolist()) & FORGED_IDS) >= 2
-    _assert_same_batches(batches, _batches(index, 3, patch_size=256, pristine_share=0.4))
+    assert_same_batches(batches, _batches(index, 3, patch_size=256, pristine_share=0.4))
     other_seed = _batches(index, 3, patch_size=256, pristine_share=0.4, seed=4)
     assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(batches, other_seed))
 
@@ -181,12 +168,12 @@ def test_iterator_state_restore_continues_the_stream(index):
         return iter(forgery_pipeline.make_train_dataset(index, seed=1, batch_size=2, patch_size=64))
 
     uninterrupted = fresh()
-    _take(uninterrupted, 3)
+    take_batches(uninterrupted, 3)
     saved = forgery_pipeline.iterator_state_to_json(uninterrupted)
-    expected = _take(uninterrupted, 2)
+    expected = take_batches(uninterrupted, 2)
     resumed = fresh()
     forgery_pipeline.restore_iterator_state(resumed, saved)
-    _assert_same_batches(_take(resumed, 2), expected)
+    assert_same_batches(take_batches(resumed, 2), expected)
 
 
 def test_zero_and_two_workers_give_identical_batches_and_state(index):
@@ -198,7 +185,7 @@ def test_zero_and_two_workers_give_identical_batches_and_state(index):
         iterator = iter(dataset)
         if state is not None:
             forgery_pipeline.restore_iterator_state(iterator, state)
-        batches = _take(iterator, n)
+        batches = take_batches(iterator, n)
         state_after = forgery_pipeline.iterator_state_to_json(iterator)
         if hasattr(iterator, "close"):
             iterator.close()
@@ -206,16 +193,16 @@ def test_zero_and_two_workers_give_identical_batches_and_state(index):
 
     in_process, _ = run(0, n=5)
     with_workers, state = run(2, n=3)
-    _assert_same_batches(with_workers, in_process[:3])
+    assert_same_batches(with_workers, in_process[:3])
     resumed, _ = run(2, state=state, n=2)
-    _assert_same_batches(resumed, in_process[3:5])
+    assert_same_batches(resumed, in_process[3:5])
 
 
 def test_shards_of_two_processes_differ(index):
     shards = [_batches(index, 2, shard_index=s, shard_count=2) for s in (0, 1)]
     for a, b in zip(*shards):
         assert not np.array_equal(a["image"], b["image"])
-    _assert_same_batches(shards[1], _batches(index, 2, shard_index=1, shard_count=2))
+    assert_same_batches(shards[1], _batches(index, 2, shard_index=1, shard_count=2))
     with pytest.raises(ValueError, match="shard_index"):
         forgery_pipeline.make_train_dataset(
             index, seed=0, batch_size=2, shard_index=2, shard_count=2
@@ -253,7 +240,7 @@ def test_val_batches_are_fixed_padded_and_per_type(index):
         )
 
     batches = build()
-    _assert_same_batches(batches, build())
+    assert_same_batches(batches, build())
     assert len(batches) == 3
     for batch in batches:
         assert batch.keys() == {"image", "mask", "kind", "weight"}

@@ -11,24 +11,12 @@ from mantra_jax.eval import imc_eval
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config, model
 from mantra_jax.train import checkpoint
-from tests.photo_folders import write_photo_folder
+from tests.helpers import random_variables, write_photo_folder
 
 LEVEL = 1
 PATCH, CROP, SAMPLES, BATCH = 64, 32, 10, 4  # 10 samples in batches of 4: the last one is padded
 MODEL = config.make_config(width_scale=0.125, backbone="baseline", head="imc",
                            num_classes=taxonomy.num_classes(LEVEL))
-
-
-def random_variables(cfg, seed):
-    """A random network of cfg's shapes, drawn in numpy (model.init costs seconds of compilation)."""
-    rng = np.random.default_rng(seed)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), cfg))
-
-    def draw(leaf):  # He-scaled kernels and small biases keep the features input-dependent
-        fan_in = int(np.prod(leaf.shape[:-1])) if leaf.ndim > 1 else 1e4
-        return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-    return jax.tree.map(draw, abstract)
 
 
 def photo_folder(root, wanted):

@@ -8,7 +8,7 @@ import pytest
 
 from mantra_jax.data import images, imc_pipeline, photos
 from mantra_jax.imc import manipulations, taxonomy
-from tests.photo_folders import write_photo_folder
+from tests.helpers import assert_same_batches, take_batches, write_photo_folder
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +18,6 @@ def index(tmp_path_factory):
     built = photos.build_patch_index(root, use_cache=False)
     assert (len(built.train), len(built.val), len(built.test)) == (8, 4, 0)
     return built
-
-
-def _take(iterator, n):
-    # Copy out of grain's shared-memory arrays so nothing outlives the iterator.
-    return [{k: np.array(v) for k, v in next(iterator).items()} for _ in range(n)]
-
-
-def _assert_same_batches(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
 def test_source_loads_the_indexed_patch_and_pickles_without_cache(index):
@@ -61,15 +48,15 @@ def test_imc_sample_is_manipulation_then_crop(index):
 def test_train_batches_shapes_labels_and_seed(index):
     level = 3
     iterator = iter(imc_pipeline.make_train_dataset(index, seed=7, batch_size=3, level=level))
-    batches = _take(iterator, 3)
+    batches = take_batches(iterator, 3)
     for batch in batches:
         assert batch["image"].shape == (3, 128, 128, 3) and batch["image"].dtype == np.uint8
         assert batch["label"].dtype == np.int32 and batch["leaf"].dtype == np.int32
         assert batch["leaf"].min() >= 0 and batch["leaf"].max() < manipulations.NUM_LEAVES
         np.testing.assert_array_equal(batch["label"], taxonomy.leaf_to_level(batch["leaf"], level))
-    again = _take(iter(imc_pipeline.make_train_dataset(index, seed=7, batch_size=3, level=level)), 3)
-    _assert_same_batches(batches, again)
-    other = _take(iter(imc_pipeline.make_train_dataset(index, seed=8, batch_size=3, level=level)), 3)
+    again = take_batches(iter(imc_pipeline.make_train_dataset(index, seed=7, batch_size=3, level=level)), 3)
+    assert_same_batches(batches, again)
+    other = take_batches(iter(imc_pipeline.make_train_dataset(index, seed=8, batch_size=3, level=level)), 3)
     assert not all(np.array_equal(a["leaf"], b["leaf"]) for a, b in zip(batches, other))
 
 
@@ -78,12 +65,12 @@ def test_iterator_state_restore_continues_the_stream(index):
         return iter(imc_pipeline.make_train_dataset(index, seed=1, batch_size=2, level=5))
 
     uninterrupted = fresh()
-    _take(uninterrupted, 3)
+    take_batches(uninterrupted, 3)
     saved = imc_pipeline.iterator_state_to_json(uninterrupted)
-    expected = _take(uninterrupted, 2)
+    expected = take_batches(uninterrupted, 2)
     resumed = fresh()
     imc_pipeline.restore_iterator_state(resumed, saved)
-    _assert_same_batches(_take(resumed, 2), expected)
+    assert_same_batches(take_batches(resumed, 2), expected)
 
 
 def test_zero_and_two_workers_give_identical_batches_and_state(index):
@@ -94,7 +81,7 @@ def test_zero_and_two_workers_give_identical_batches_and_state(index):
         iterator = iter(dataset)
         if state is not None:
             imc_pipeline.restore_iterator_state(iterator, state)
-        batches = _take(iterator, n)
+        batches = take_batches(iterator, n)
         state_after = imc_pipeline.iterator_state_to_json(iterator)
         if hasattr(iterator, "close"):
             iterator.close()
@@ -102,10 +89,10 @@ def test_zero_and_two_workers_give_identical_batches_and_state(index):
 
     in_process, _ = run(0, n=5)
     with_workers, state = run(2, n=3)
-    _assert_same_batches(with_workers, in_process[:3])
+    assert_same_batches(with_workers, in_process[:3])
     # Resuming a 2-worker iterator from its saved state continues where it stopped.
     resumed, _ = run(2, state=state, n=2)
-    _assert_same_batches(resumed, in_process[3:5])
+    assert_same_batches(resumed, in_process[3:5])
 
 
 def test_shards_partition_the_global_order():
@@ -136,7 +123,7 @@ def test_val_plan_is_balanced_over_leaves_and_patches(index):
 
 def test_val_batches_are_fixed_and_padded(index):
     batches = imc_pipeline.make_val_batches(index, seed=3, n_samples=5, batch_size=2, level=1)
-    _assert_same_batches(batches, imc_pipeline.make_val_batches(index, seed=3, n_samples=5, batch_size=2, level=1))
+    assert_same_batches(batches, imc_pipeline.make_val_batches(index, seed=3, n_samples=5, batch_size=2, level=1))
     assert len(batches) == 3
     for batch in batches:
         assert batch["image"].shape == (2, 128, 128, 3) and batch["image"].dtype == np.uint8
@@ -170,10 +157,10 @@ def test_patch_groups_cover_each_photo_and_decode_once(index):
         dataset = imc_pipeline.make_train_dataset(
             index, seed=seed, batch_size=6, level=4, patches_per_image=3
         )
-        return _take(iter(dataset), 2)
+        return take_batches(iter(dataset), 2)
 
     grouped = batches(5)
-    _assert_same_batches(grouped, batches(5))
+    assert_same_batches(grouped, batches(5))
     for batch in grouped:
         assert batch["image"].shape == (6, 128, 128, 3) and batch["leaf"].shape == (6,)
         np.testing.assert_array_equal(batch["label"], taxonomy.leaf_to_level(batch["leaf"], 4))

@@ -2,7 +2,6 @@
 import json
 
 import cv2
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,21 +10,10 @@ from experiments import kcmi as kcmi_cli
 from mantra_jax.eval import kcmi
 from mantra_jax.nn import config, featex, model
 from mantra_jax.train import checkpoint
+from tests.helpers import random_variables
 
 CAMERAS = ("canon", "nikon", "sony")
 MODEL = config.make_config(width_scale=0.125, backbone="baseline", head="imc", num_classes=7)
-
-
-def random_variables(cfg, seed):
-    """A random network of cfg's shapes, drawn in numpy (model.init costs seconds of compilation)."""
-    rng = np.random.default_rng(seed)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), cfg))
-
-    def draw(leaf):  # He-scaled kernels and small biases keep the features input-dependent
-        fan_in = int(np.prod(leaf.shape[:-1])) if leaf.ndim > 1 else 1e4
-        return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-    return jax.tree.map(draw, abstract)
 
 
 def camera_folder(root, per_camera=4, size=(40, 48), cameras=CAMERAS):

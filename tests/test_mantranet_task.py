@@ -10,7 +10,7 @@ import pytest
 from mantra_jax.data import photos
 from mantra_jax.nn import config, model
 from mantra_jax.train import checkpoint, loop, mantranet
-from tests.photo_folders import write_photo_folder
+from tests.helpers import write_photo_folder
 
 CFG = config.make_config(width_scale=0.0625, backbone="baseline")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.photo_folders import write_photo_folder
+from tests.helpers import write_photo_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

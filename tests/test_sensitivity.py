@@ -12,7 +12,7 @@ from experiments import sensitivity as sensitivity_cli
 from mantra_jax.data import photos
 from mantra_jax.eval import sensitivity
 from mantra_jax.nn import config, model, tiled
-from tests.photo_folders import write_photo_folder
+from tests.helpers import write_photo_folder
 
 PATCH = 48
 TYPES = ["Quantization", "Dithering", "JPEGCompress"]  # 25 leaves; each one changes a noise image

@@ -15,7 +15,7 @@ from mantra_jax.data import photos
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config
 from mantra_jax.train import checkpoint, imc, loop
-from tests.photo_folders import write_photo_folder
+from tests.helpers import write_photo_folder
 
 LEVEL = 1
 MODEL = config.make_config(width_scale=0.0625, backbone="baseline", head="imc", num_classes=taxonomy.num_classes(LEVEL))
