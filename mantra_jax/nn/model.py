@@ -101,6 +101,10 @@ def expected_counts(cfg: ModelConfig) -> tuple[int, int]:
     return n + trainable + stats, n + trainable
 
 
+class VariablesMismatch(ValueError):
+    """A variables pytree (e.g. a restored checkpoint) of another model configuration."""
+
+
 def check_variables(variables: dict, cfg: ModelConfig, what: str = "variables"):
     """Raises a clear error when a pytree (e.g. a restored checkpoint) does not fit `cfg`."""
     expected = jax.eval_shape(lambda: init(jax.random.key(0), cfg))
@@ -114,4 +118,4 @@ def check_variables(variables: dict, cfg: ModelConfig, what: str = "variables"):
         lines += [f"  missing {k} {exp[k]}" for k in missing[:10]]
         lines += [f"  unexpected {k} {got[k]}" for k in extra[:10]]
         lines += [f"  {k}: expected shape {exp[k]}, got {got[k]}" for k in wrong[:10]]
-        raise ValueError("\n".join(lines))
+        raise VariablesMismatch("\n".join(lines))

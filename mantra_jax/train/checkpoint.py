@@ -120,7 +120,8 @@ class Checkpointer:
 
     def _set_aside(self, step: int):
         """Renames an unreadable step out of the way (kept for inspection, never overwritten)."""
-        jax.experimental.multihost_utils.sync_global_devices(f"set_aside_{step}") if jax.process_count() > 1 else None
+        if jax.process_count() > 1:  # every process has failed on this step before any renames it
+            jax.experimental.multihost_utils.sync_global_devices(f"set_aside_{step}")
         if jax.process_index() == 0:
             src = self.directory / STEPS_DIR / str(step)
             dst = src.with_name(f"{step}.unreadable")
@@ -191,18 +192,14 @@ def load_model(directory, *, step: Optional[int] = None, which: str = "best"):
                 target = int(meta["best_step"])
             items = {k: ocp.args.StandardRestore(abstract[k]) for k in MODEL_ITEMS if _nonempty(abstract[k])}
             restored = manager.restore(target, args=ocp.args.Composite(**items))
-            variables = {k: restored[k] if k in restored else abstract[k] for k in MODEL_ITEMS}
-            variables = {"params": variables["params"],
-                         "batch_stats": variables["batch_stats"] if "batch_stats" in restored else {}}
+            # An empty item (the IMC network's batch statistics) was not saved: it is `{}` as abstract.
+            variables = {k: restored[k] if k in items else abstract[k] for k in MODEL_ITEMS}
             model_lib.check_variables(variables, cfg, what=f"checkpoint {directory} step {target}")
             manager.close()
             return cfg, jax.tree.map(np.asarray, variables)
-        except ValueError as e:
-            if "do not match" in str(e):
-                raise
-            errors.append(f"step {s}: {_short(e)}")
-            log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one", s, directory, _short(e))
-        except Exception as e:  # noqa: BLE001
+        except model_lib.VariablesMismatch:
+            raise  # a readable checkpoint of another configuration: no older step will fit either
+        except Exception as e:  # noqa: BLE001 - any other failure means this step is unusable
             errors.append(f"step {s}: {_short(e)}")
             log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one", s, directory, _short(e))
     manager.close()

@@ -220,7 +220,7 @@ def train(task: Task, cfg: LoopConfig, *, on_step: Optional[Callable[[int], None
         pending.clear()
 
     def save(step):
-        if meta["step"] == step and step in checkpointer.steps():
+        if meta["step"] == step:
             return  # already saved at this step (e.g. an epoch end that is also a preemption)
         meta["step"] = step
         checkpointer.save(step, state, dict(meta), train_iter)
@@ -264,8 +264,7 @@ def train(task: Task, cfg: LoopConfig, *, on_step: Optional[Callable[[int], None
                 log.warning("stopped at step %d after SIGTERM; rerun the same command to resume", step)
                 return {"preempted": True, "step": step}
         flush(cfg.total_steps)
-        if meta["step"] != cfg.total_steps:
-            save(cfg.total_steps)
+        save(cfg.total_steps)
 
     # 7. The final report, from the last state.
     summary, sums = last_eval[1:] if last_eval[0] == cfg.total_steps else evaluate(state)
