@@ -44,12 +44,34 @@ def test_moment_accumulator_matches_numpy_even_far_from_zero():
     rng = np.random.default_rng(3)
     blocks = [(1e4 + rng.normal(0, 1e-2, (n, 5))).astype(np.float32) for n in (1, 17, 300, 2)]
     acc = tiled._MomentAccumulator(5)
-    for b in blocks:
-        acc.add(b, chunk=7)  # merges blocks and chunks of unequal sizes
+    for b in blocks:  # per-tile moments, as pass 1 computes them, merged across unequal tiles
+        b = b.astype(np.float64)
+        acc.merge(len(b), b.mean(0), np.square(b - b.mean(0)).sum(0))
     everything = np.concatenate(blocks).astype(np.float64)
     mean, std = acc.moments()
     np.testing.assert_allclose(mean, everything.mean(0), rtol=1e-7)
     np.testing.assert_allclose(std, everything.std(0), rtol=1e-4)
+
+
+def test_pass1_tile_moments_cover_only_the_interior_and_store_in_place():
+    cfg = TINY
+    variables = jax.device_put(model.init(jax.random.key(1), cfg))
+    rgb = _image(40, 50)
+    stored = jax.numpy.full((40, 50, cfg.adapt_dim), -7.0)
+    start, interior = np.asarray((4, 6), np.int32), np.asarray((3, 20, 5, 9), np.int32)  # crop coordinates
+    new, mean, m2 = tiled._pass1_tile(variables, rgb, stored, start, interior, cfg=cfg, dtype=np.float32,
+                                      size=(30, 40))
+    rows, cols = slice(4 + 3, 4 + 20), slice(6 + 5, 6 + 9)
+    crop = np.asarray(tiled._crop_features(variables, rgb, (4, 6), (30, 40), cfg, np.float32))
+    block = crop[3:20, 5:9].reshape(-1, cfg.adapt_dim).astype(np.float64)
+    np.testing.assert_allclose(np.asarray(mean), block.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(m2), np.square(block - block.mean(0)).sum(0), rtol=1e-4, atol=1e-5)
+    new = np.asarray(new)
+    np.testing.assert_allclose(new[rows, cols], crop[3:20, 5:9], atol=1e-5, rtol=0)  # two compilations
+    outside = np.ones((40, 50), bool)
+    outside[rows, cols] = False
+    assert np.all(new[outside] == -7.0)  # only the interior is written
+    assert stored.is_deleted()  # donated: the store is updated in place, not copied
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ The tiled pass gives the whole-image probability map (to float32 rounding) with 
 bounded by the tile size, in two passes over tiles:
 
 1. Featex and the adaptation layer (inference-mode batch norm, so per pixel) on each tile plus a
-   halo of `featex.receptive_radius(cfg)` pixels. The image-wide per-channel mean and population
-   std of the adapted features are accumulated on the host in float64 (Chan's parallel update of
-   per-tile moments).
+   halo of `featex.receptive_radius(cfg)` pixels. Each tile's interior reduces on the device to a
+   per-channel mean and sum of squared deviations, and the host merges those into the image-wide
+   mean and population std in float64 (Chan's parallel update).
 2. Window means, Z-scores against those image-wide moments, ConvLSTM and the 7x7 prediction on
    each tile plus a halo of `ladn.receptive_radius(cfg)` pixels.
 
@@ -23,9 +23,12 @@ next to a border are shifted inwards instead of being cut short (see `axis_segme
 size therefore compiles each jitted function once, whatever the number of tiles.
 
 Between the passes the adapted features (adapt_dim float32 values per pixel: 256 B/pixel for
-the released model, 3 GiB for 12 megapixels) are kept on the host when they fit in
-`feature_budget_bytes`; above it, pass 2 recomputes Featex on each of its crops (plus the Featex
-halo) instead, which keeps memory bounded by the tile size at about twice the Featex cost.
+the released model, 3 GiB for 12 megapixels) are kept on the device, written in place tile by
+tile, when they fit in `feature_budget_bytes`; above it, pass 2 recomputes Featex on each of its
+crops (plus the Featex halo) instead, which keeps memory bounded by the tile size at about twice
+the Featex cost. The image is uploaded once and cropped on the device, so the only transfers per
+tile are a few offsets up and a 2 x adapt_dim vector (pass 1) or the crop's probabilities
+(pass 2) down: an accelerator is not held up by host copies or host arithmetic.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from mantra_jax.nn import featex, ladn, model
 from mantra_jax.nn.config import ModelConfig
 
 DEFAULT_TILE = 512
-# Host memory allowed for the adapted features kept between the passes (4 GiB: a 16-megapixel
+# Device memory allowed for the adapted features kept between the passes (4 GiB: a 16-megapixel
 # image with the released adapt_dim of 64); larger images recompute Featex in pass 2.
 DEFAULT_FEATURE_BUDGET_BYTES = 4 << 30
 
@@ -128,48 +131,74 @@ def whole_image_probabilities(variables, rgb_HxWx3, cfg: ModelConfig, *, dtype=j
 # --------------------------------------------------------------------------------------------
 # The tiled pass
 # --------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
-def _adapted_features(variables, rgb_crop_HxWx3, cfg, dtype):
-    """Featex and the adaptation layer on a crop: the same ops as `model.apply`."""
+def _crop_features(variables, rgb_HxWx3, start, size, cfg, dtype):
+    """Featex and the adaptation layer (the same ops as `model.apply`) on the `size` crop of the
+    image at `start` (traced, so every crop of one shape shares one compilation)."""
+    crop = jax.lax.dynamic_slice(rgb_HxWx3, (start[0], start[1], 0), size + (3,))
     params = variables["params"]
-    x = model.preprocess(rgb_crop_HxWx3)[None].astype(dtype)
-    feat = featex.apply(params["Featex"], x, cfg)
+    feat = featex.apply(params["Featex"], model.preprocess(crop)[None].astype(dtype), cfg)
     y, _ = ladn.adapt(params, variables["batch_stats"], feat, cfg, train=False)
     return y[0]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "size"))
-def _local_probabilities(variables, y_HxWxC, offset, mean_C, std_C, cfg, size):
-    """The local part of the LADN on the `size` window of `y` at `offset`, scored against the
-    image-wide moments; returns probabilities on that window."""
-    y = jax.lax.dynamic_slice(y_HxWxC, (offset[0], offset[1], 0), size + (y_HxWxC.shape[-1],))
+def _interior_mask(size, interior):
+    """(h, w, 1) booleans: True on rows [interior[0], interior[1]) x cols [interior[2], interior[3])."""
+    rows, cols = jnp.arange(size[0]), jnp.arange(size[1])
+    in_rows = (rows >= interior[0]) & (rows < interior[1])
+    in_cols = (cols >= interior[2]) & (cols < interior[3])
+    return (in_rows[:, None] & in_cols[None, :])[..., None]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype", "size"), donate_argnames=("stored_HxWxC",))
+def _pass1_tile(variables, rgb_HxWx3, stored_HxWxC, start, interior, *, cfg, dtype, size):
+    """Adapted features of one crop. Returns (the image's feature store with the crop's interior
+    written in place, or None; the interior's per-channel mean; its sum of squared deviations from
+    that mean). Interior in crop coordinates."""
+    y = _crop_features(variables, rgb_HxWx3, start, size, cfg, dtype)
+    inside = _interior_mask(size, interior)
+    count = ((interior[1] - interior[0]) * (interior[3] - interior[2])).astype(jnp.float32)
+    mean = jnp.sum(jnp.where(inside, y, 0.0), axis=(0, 1)) / count
+    m2 = jnp.sum(jnp.where(inside, jnp.square(y - mean), 0.0), axis=(0, 1))
+    if stored_HxWxC is not None:
+        at = (start[0], start[1], 0)
+        window = jax.lax.dynamic_slice(stored_HxWxC, at, y.shape)
+        stored_HxWxC = jax.lax.dynamic_update_slice(stored_HxWxC, jnp.where(inside, y, window), at)
+    return stored_HxWxC, mean, m2
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype", "size", "feature_size"))
+def _pass2_tile(variables, rgb_HxWx3, stored_HxWxC, start, feature_start, mean_C, std_C, *, cfg, dtype, size,
+                feature_size):
+    """The local part of the LADN on the `size` crop at `start`, scored against the image-wide
+    moments: probabilities on that crop. Its adapted features come from the store, or, without
+    one, are recomputed from the `feature_size` crop at `feature_start` (the crop plus its
+    Featex halo)."""
+    if stored_HxWxC is None:
+        features = _crop_features(variables, rgb_HxWx3, feature_start, feature_size, cfg, dtype)
+        at = (start[0] - feature_start[0], start[1] - feature_start[1], 0)
+    else:
+        features, at = stored_HxWxC, (start[0], start[1], 0)
+    y = jax.lax.dynamic_slice(features, at, size + (features.shape[-1],))
     z = ladn.anomaly_features(variables["params"], y[None], mean_C[None, None, None], std_C[None, None, None], cfg)
     return jax.nn.sigmoid(ladn.decide(variables["params"], z).astype(jnp.float32))[0]
 
 
 class _MomentAccumulator:
-    """Per-channel mean and population variance over many blocks, in float64 (Chan et al.'s
-    pairwise update: each block is centred on its own mean, so no catastrophic cancellation)."""
+    """Per-channel mean and population variance of an image from per-tile (count, mean, sum of
+    squared deviations), merged in float64 by Chan et al.'s pairwise update: each tile is centred
+    on its own mean, so nothing cancels catastrophically."""
 
     def __init__(self, channels: int):
         self.count = 0
         self.mean = np.zeros(channels, np.float64)
         self.m2 = np.zeros(channels, np.float64)
 
-    def add(self, block_NxC: np.ndarray, chunk: int = 1 << 15):
-        # In chunks, so that the float64 copies stay small next to the tile itself.
-        for start in range(0, block_NxC.shape[0], chunk):
-            self._add(block_NxC[start : start + chunk])
-
-    def _add(self, block_NxC: np.ndarray):
-        block = block_NxC.astype(np.float64)
-        n = block.shape[0]
-        mean = block.mean(axis=0)
-        m2 = np.square(block - mean).sum(axis=0)
-        total = self.count + n
+    def merge(self, count: int, mean, m2):
+        mean, m2 = np.asarray(mean, np.float64), np.asarray(m2, np.float64)
+        total = self.count + count
         delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + np.square(delta) * (self.count * n / total)
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + np.square(delta) * (self.count * count / total)
         self.count = total
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
@@ -191,8 +220,8 @@ def tiled_probabilities(
 
     Equal to `whole_image_probabilities` up to float32 rounding (see the module docstring).
     `tile` is the interior size in pixels; `feature_budget_bytes` decides whether the adapted
-    features are kept on the host between the passes or recomputed. `halo_override` replaces the
-    receptive radii (Featex, LADN) and exists to show that smaller halos break the equality.
+    features are kept on the device between the passes or recomputed. `halo_override` replaces
+    the receptive radii (Featex, LADN) and exists to show that smaller halos break the equality.
     `on_tile(done, total)` is called after each tile of either pass.
     """
     _check_cfg(cfg)
@@ -206,18 +235,22 @@ def tiled_probabilities(
     pass1 = [(r, c) for r in axis_segments(height, tile, halo_featex) for c in axis_segments(width, tile, halo_featex)]
     pass2 = [(r, c) for r in axis_segments(height, tile, halo_ladn) for c in axis_segments(width, tile, halo_ladn)]
     total, done = len(pass1) + len(pass2), 0
+    rgb = jax.device_put(rgb_HxWx3)  # once: every crop is cut on the device
     keep_features = height * width * channels * 4 <= feature_budget_bytes
+    stored = jnp.zeros((height, width, channels), jnp.float32) if keep_features else None
 
-    # Pass 1: adapted features tile by tile, and their image-wide moments.
-    stored = np.empty((height, width, channels), np.float32) if keep_features else None
+    def corner(r, c):
+        return np.asarray((r.crop_start, c.crop_start), np.int32)
+
+    # Pass 1: adapted features tile by tile (kept on the device), and their image-wide moments.
     moments = _MomentAccumulator(channels)
     for r, c in pass1:
-        crop = rgb_HxWx3[r.crop_start : r.crop_stop, c.crop_start : c.crop_stop]
-        y = np.asarray(_adapted_features(variables, crop, cfg, dtype))
-        interior = y[r.start - r.crop_start : r.stop - r.crop_start, c.start - c.crop_start : c.stop - c.crop_start]
-        moments.add(interior.reshape(-1, channels))
-        if stored is not None:
-            stored[r.start : r.stop, c.start : c.stop] = interior
+        size = (r.crop_stop - r.crop_start, c.crop_stop - c.crop_start)
+        interior = np.asarray(
+            (r.start - r.crop_start, r.stop - r.crop_start, c.start - c.crop_start, c.stop - c.crop_start), np.int32
+        )
+        stored, mean, m2 = _pass1_tile(variables, rgb, stored, corner(r, c), interior, cfg=cfg, dtype=dtype, size=size)
+        moments.merge((r.stop - r.start) * (c.stop - c.start), np.asarray(mean), np.asarray(m2))
         done += 1
         if on_tile is not None:
             on_tile(done, total)
@@ -227,16 +260,13 @@ def tiled_probabilities(
     out = np.empty((height, width), np.float32)
     for r, c in pass2:
         size = (r.crop_stop - r.crop_start, c.crop_stop - c.crop_start)
-        if stored is not None:
-            y = stored[r.crop_start : r.crop_stop, c.crop_start : c.crop_stop]
-            offset = (0, 0)
-        else:
-            # The crop's own features are exact only with a Featex halo around the whole crop.
-            fr0, fr1 = crop_range(r.crop_start, r.crop_stop, size[0], halo_featex, height)
-            fc0, fc1 = crop_range(c.crop_start, c.crop_stop, size[1], halo_featex, width)
-            y = _adapted_features(variables, rgb_HxWx3[fr0:fr1, fc0:fc1], cfg, dtype)
-            offset = (r.crop_start - fr0, c.crop_start - fc0)
-        prob = np.asarray(_local_probabilities(variables, y, np.asarray(offset, np.int32), mean, std, cfg, size))
+        # Without a store, the crop's own features are exact only with a Featex halo around it.
+        fr0, fr1 = crop_range(r.crop_start, r.crop_stop, size[0], halo_featex, height)
+        fc0, fc1 = crop_range(c.crop_start, c.crop_stop, size[1], halo_featex, width)
+        prob = np.asarray(_pass2_tile(
+            variables, rgb, stored, corner(r, c), np.asarray((fr0, fc0), np.int32), mean, std,
+            cfg=cfg, dtype=dtype, size=size, feature_size=(fr1 - fr0, fc1 - fc0),
+        ))
         out[r.start : r.stop, c.start : c.stop] = prob[
             r.start - r.crop_start : r.stop - r.crop_start, c.start - c.crop_start : c.stop - c.crop_start
         ]
