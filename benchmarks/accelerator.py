@@ -50,8 +50,8 @@ what the faster train step consumes, and the issue's targets (meant for an H100)
 The PyTorch peer is an optional dependency of this benchmark only (not in requirements.txt):
 `pip install torch`. It is the same architecture, shapes and FLOPs, not our weights: symmetric
 padding by concatenated flipped slices, the window means by the same prefix sums as the JAX code,
-the hand-written ConvLSTM with hard sigmoid, the LADN after the adaptation layer and the IMC head
-in float32 as in JAX. Before the timings a check (on the CPU, in its own process) copies the JAX
+the hand-written ConvLSTM with hard sigmoid, the IMC head and the LADN statistics in float32 and
+the ConvLSTM's gates and states in float32, as in JAX. Before the timings a check (on the CPU, in its own process) copies the JAX
 parameters of a small configuration into it and compares the outputs, and compares its parameter
 counts with ours for the released configurations; the table says when that check fails. On a GPU
 the float32 rows use each framework's default precision, which may use TF32 (JAX: XLA's default;
@@ -245,30 +245,17 @@ def measure_peak(quick: bool, dtypes) -> dict:
     return out
 
 
-def _train_step_program(spec: RowSpec, cfg, dtype):
-    """(lowered step, state, batch): the trainer's step, built from the same pieces."""
+def train_step_function(spec: RowSpec, cfg, dtype):
+    """(step, optimizer): the trainer's step for a row, built from the same pieces; step(state,
+    batch) -> (state, loss) with state {"params", "batch_stats", "opt_state"} and batch {"image"
+    uint8, "label" int32 | "mask" uint8}."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     from mantra_jax.nn import model
-    from mantra_jax.train import loop
 
-    mesh = loop.make_mesh(1)  # one chip: the figures are per device
-    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    variables = jax.device_put(benchmark_variables(cfg), replicated)
     optimizer = optax.adam(1e-4)
-    state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
-             "opt_state": jax.jit(optimizer.init, out_shardings=replicated)(variables["params"])}
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 256, (spec.batch, spec.height, spec.width, 3), dtype=np.uint8)}
-    if spec.kind == "imc":
-        batch["label"] = rng.integers(0, cfg.num_classes, spec.batch).astype(np.int32)
-    else:
-        batch["mask"] = (rng.random((spec.batch, spec.height, spec.width)) < 0.3).astype(np.uint8)
-    batch = jax.device_put(batch, split)
 
     def loss_fn(params, batch_stats, batch):
         out = model.apply({"params": params, "batch_stats": batch_stats}, model.preprocess(batch["image"]), cfg,
@@ -286,6 +273,30 @@ def _train_step_program(spec: RowSpec, cfg, dtype):
         params = model.project(optax.apply_updates(state["params"], updates), cfg)
         return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}, loss
 
+    return step, optimizer
+
+
+def _train_step_program(spec: RowSpec, cfg, dtype):
+    """(lowered step, state, batch): the step jitted as the trainer does, on real arrays."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from mantra_jax.train import loop
+
+    mesh = loop.make_mesh(1)  # one chip: the figures are per device
+    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    step, optimizer = train_step_function(spec, cfg, dtype)
+    variables = jax.device_put(benchmark_variables(cfg), replicated)
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+             "opt_state": jax.jit(optimizer.init, out_shardings=replicated)(variables["params"])}
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (spec.batch, spec.height, spec.width, 3), dtype=np.uint8)}
+    if spec.kind == "imc":
+        batch["label"] = rng.integers(0, cfg.num_classes, spec.batch).astype(np.int32)
+    else:
+        batch["mask"] = (rng.random((spec.batch, spec.height, spec.width)) < 0.3).astype(np.uint8)
+    batch = jax.device_put(batch, split)
     jitted = jax.jit(step, in_shardings=(replicated, split), out_shardings=(replicated, replicated),
                      donate_argnums=0)
     return jitted.lower(state, batch), state, batch
@@ -511,7 +522,7 @@ def torch_network(cfg):
                             logits = logits + shifted_mean @ self.imc_kernel[:, :, dy, dx].t()
                     return logits
             y = F.conv2d(feat, self.outlier)
-            with torch.autocast(device_type, enabled=False):  # the LADN is float32 in JAX
+            with torch.autocast(device_type, enabled=False):  # the LADN statistics are float32 in JAX
                 y = y.float()
                 if train:
                     mean = y.mean(dim=(0, 2, 3))
@@ -528,16 +539,18 @@ def torch_network(cfg):
                 sigma = torch.maximum(g_std, 1e-6 + self.min_std[None, :, None, None])
                 devs = [box_mean(y, k) - y for k in cfg.windows] + [g_mean - y]
                 z = (torch.stack(devs, dim=1) / sigma[:, None]).abs()  # (N, T, C, H, W)
-                n, t, c, h, w = z.shape
-                f = cfg.lstm_filters
-                xz = self.lstm_in(z.reshape(n * t, c, h, w)).reshape(n, t, 4 * f, h, w)
-                hidden = cell = torch.zeros_like(xz[:, 0, :f])
-                for step in range(t):
-                    gates = xz[:, step] + self.lstm_rec(hidden)
-                    z_i, z_f, z_c, z_o = gates.chunk(4, dim=1)
-                    cell = hard_sigmoid(z_f) * cell + hard_sigmoid(z_i) * torch.tanh(z_c)
-                    hidden = hard_sigmoid(z_o) * torch.tanh(cell)
-                return self.pred(hidden)[:, 0]
+            # As in JAX: the ConvLSTM and prediction convolutions in the computation dtype (autocast's
+            # in the bfloat16 rows), the gates and states in float32.
+            n, t, c, h, w = z.shape
+            f = cfg.lstm_filters
+            xz = self.lstm_in(z.reshape(n * t, c, h, w)).float().reshape(n, t, 4 * f, h, w)
+            hidden = cell = torch.zeros_like(xz[:, 0, :f])
+            for step in range(t):
+                gates = xz[:, step] + self.lstm_rec(hidden).float()
+                z_i, z_f, z_c, z_o = gates.chunk(4, dim=1)
+                cell = hard_sigmoid(z_f) * cell + hard_sigmoid(z_i) * torch.tanh(z_c)
+                hidden = hard_sigmoid(z_o) * torch.tanh(cell)
+            return self.pred(hidden)[:, 0].float()
 
     return ManTraNetTorch()
 

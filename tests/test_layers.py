@@ -18,15 +18,52 @@ def np_conv_valid(x, k):
     return out
 
 
-def test_symmetric_conv_matches_numpy():
+@pytest.mark.parametrize("shape,kernel", [((2, 9, 7), 5), ((1, 13, 11), 5), ((1, 8, 8), 5), ((2, 6, 9), 3),
+                                          ((1, 2, 5), 3), ((1, 4, 4), 3), ((1, 9, 7), 1)])
+def test_symmetric_conv_matches_numpy(shape, kernel):
+    """Both ways of computing it: the padded path (small images) and SAME plus border strips."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 9, 7, 3)).astype(np.float32)
-    k = rng.normal(size=(5, 5, 3, 4)).astype(np.float32)
+    x = rng.normal(size=shape + (3,)).astype(np.float32)
+    k = rng.normal(size=(kernel, kernel, 3, 4)).astype(np.float32)
     b = rng.normal(size=(4,)).astype(np.float32)
-    ref = np_conv_valid(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="symmetric"), k) + b
+    r = kernel // 2
+    ref = np_conv_valid(np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode="symmetric"), k) + b
     got = layers.symmetric_conv(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b))
-    assert got.shape == (2, 9, 7, 4)
+    assert got.shape == shape + (4,)
     np.testing.assert_allclose(got, ref, atol=1e-4)
+    relu = layers.symmetric_conv(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b), activation="relu")
+    np.testing.assert_allclose(relu, np.maximum(ref, 0), atol=1e-4)
+    tanh = layers.symmetric_conv(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b), activation="tanh")
+    np.testing.assert_allclose(tanh, np.tanh(ref), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,kernel", [((2, 9, 7), 5), ((1, 13, 11), 5), ((2, 6, 9), 3), ((1, 4, 4), 3)])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_symmetric_conv_gradient_matches_the_padded_convolution(shape, kernel, activation):
+    """The border strips and the hand-written backward pass of the rectified fill give autodiff's
+    gradient of the plain formulation (pad, VALID convolution, activation)."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=shape + (3,)).astype(np.float32))
+    k = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)).astype(np.float32))
+    b = jnp.asarray(rng.normal(size=(4,)).astype(np.float32))
+    weight = jnp.asarray(rng.normal(size=shape + (4,)).astype(np.float32))  # a loss that weighs every output
+    act = layers.ACTIVATIONS[activation]
+
+    def plain(x, k, b):
+        return jnp.sum(weight * act(layers.conv(layers.symmetric_pad(x, kernel // 2), k, b)))
+
+    def ours(x, k, b):
+        return jnp.sum(weight * layers.symmetric_conv(x, k, b, activation=activation))
+
+    expected = jax.grad(plain, argnums=(0, 1, 2))(x, k, b)
+    got = jax.grad(ours, argnums=(0, 1, 2))(x, k, b)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-3)
+
+
+def test_symmetric_conv_rejects_an_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        layers.symmetric_conv(jnp.zeros((1, 8, 8, 3)), jnp.zeros((3, 3, 3, 2)), activation="gelu")
 
 
 def test_symmetric_padding_repeats_edge_pixel():
@@ -107,8 +144,9 @@ def test_window_mean_counts_in_image_pixels_only(k):
 
 def test_window_deviations_order_and_global():
     x = np.random.default_rng(5).normal(size=(1, 9, 8, 2)).astype(np.float32)
-    d = np.asarray(layers.window_deviations(jnp.asarray(x), (7, 15, 31)))
+    d = np.asarray(layers.window_deviations(jnp.asarray(x), (7, 15, 31), jnp.mean(x, axis=(1, 2), keepdims=True)))
     assert d.shape == (1, 4, 9, 8, 2)
+    assert layers.window_deviations(jnp.asarray(x), (7, 15)).shape == (1, 2, 9, 8, 2)  # no global window
     np.testing.assert_allclose(d[:, 0], np_window_mean(x, 7) - x, atol=2e-6)
     np.testing.assert_allclose(d[:, 3], x.mean(axis=(1, 2), keepdims=True) - x, atol=2e-6)
     # On a 9x8 image a 31 window covers everything: equal to the global deviation.

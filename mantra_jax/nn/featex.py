@@ -54,14 +54,13 @@ def first_layer_kernel(params: dict, cfg: ModelConfig):
 
 def apply(params: dict, x_NxHxWx3, cfg: ModelConfig):
     """Featex: [-1, 1] RGB -> per-pixel L2-normalised features (N, H, W, feature_dim)."""
-    x = jax.nn.relu(layers.symmetric_conv(x_NxHxWx3, first_layer_kernel(params, cfg)))
+    x = layers.symmetric_conv(x_NxHxWx3, first_layer_kernel(params, cfg), activation="relu")
     for name, c_in, c_out in layer_names(cfg):
         p = params[name]
-        y = layers.symmetric_conv(x, p["kernel"], p["bias"])
         if name == "transform":
-            x = jnp.tanh(y) if cfg.transform_activation == "tanh" else y
+            x = layers.symmetric_conv(x, p["kernel"], p["bias"], activation=cfg.transform_activation)
         else:
-            y = jax.nn.relu(y)
+            y = layers.symmetric_conv(x, p["kernel"], p["bias"], activation="relu")
             x = x + y if (cfg.residual and c_in == c_out) else y
     return layers.l2_normalize(x)
 

@@ -35,10 +35,82 @@ def symmetric_pad(x_NxHxWxC, radius: int):
     return jnp.pad(x_NxHxWxC, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="symmetric")
 
 
-def symmetric_conv(x_NxHxWxC, kernel_HWIO, bias=None):
-    """The Featex convolution: symmetric padding by k//2, then a VALID convolution."""
-    k = kernel_HWIO.shape[0]
-    return conv(symmetric_pad(x_NxHxWxC, k // 2), kernel_HWIO, bias)
+ACTIVATIONS = {None: lambda y: y, "relu": jax.nn.relu, "tanh": jnp.tanh}
+
+
+def symmetric_conv(x_NxHxWxC, kernel_HWIO, bias=None, activation=None):
+    """The Featex convolution: symmetric padding by r = k//2, a VALID convolution, then
+    `activation` (None, "relu" or "tanh").
+
+    Computed without a padded copy of the input. Zero and symmetric padding give the same outputs
+    everywhere but within r pixels of the border, so the bulk comes from one zero-padded ("SAME")
+    convolution, whose padding accelerator kernels do for free and into which XLA fuses the bias
+    and the activation; the border band is recomputed exactly from four thin, symmetrically padded
+    strips and written over it in place. (Padding first costs a full read and write of every
+    layer's input: a third of the memory traffic of the whole network on an H100, see
+    benchmarks/xla_traffic.py.) Images too small for the strips take the padded path.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(map(str, ACTIVATIONS))}")
+    r = kernel_HWIO.shape[0] // 2
+    _, height, width, _ = x_NxHxWxC.shape
+    if r == 0 or min(height, width) < 4 * r:
+        return ACTIVATIONS[activation](conv(symmetric_pad(x_NxHxWxC, r), kernel_HWIO, bias))
+
+    def band(strip, pads):  # a strip of 2r rows or columns plus its symmetric padding
+        return conv(jnp.pad(strip, ((0, 0),) + pads + ((0, 0),), mode="symmetric"), kernel_HWIO, bias)
+
+    x = x_NxHxWxC
+    parts = (
+        conv(x, kernel_HWIO, bias, padding="SAME"),
+        band(x[:, : 2 * r], ((r, 0), (r, r))),  # rows [0, r)
+        band(x[:, height - 2 * r :], ((0, r), (r, r))),  # rows [height - r, height)
+        band(x[:, :, : 2 * r], ((r, r), (r, 0))),  # columns [0, r)
+        band(x[:, :, width - 2 * r :], ((r, r), (0, r))),  # columns [width - r, width)
+    )
+    if activation == "relu":
+        return _rectified_border_fill(r, *parts)
+    return _border_fill(r, *(ACTIVATIONS[activation](p) for p in parts))
+
+
+def _border_fill(r, interior, top, bottom, left, right):
+    """`interior` with its outer band of r pixels replaced: rows by top/bottom, then columns (and
+    so the corners) by left/right."""
+    height, width = interior.shape[1:3]
+    y = interior.at[:, :r].set(top).at[:, height - r :].set(bottom)
+    return y.at[:, :, :r].set(left).at[:, :, width - r :].set(right)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rectified_border_fill(r, interior, top, bottom, left, right):
+    """_border_fill of the rectified parts, differentiated from its output (y > 0).
+
+    The same derivative as autodiff's, but the backward pass then needs only the layer's output,
+    which the next layer keeps anyway: XLA fuses the rectifier into the convolutions in training
+    as in inference, instead of keeping the pre-activation and rectifying in a pass of its own.
+    """
+    return _border_fill(r, *(jnp.maximum(p, 0) for p in (interior, top, bottom, left, right)))
+
+
+def _rectified_border_fill_forward(r, *parts):
+    y = _rectified_border_fill(r, *parts)
+    return y, y
+
+
+def _rectified_border_fill_backward(r, y, g):
+    g = jnp.where(y > 0, g, jnp.zeros_like(g))
+    height, width = g.shape[1:3]
+
+    def without_corners(rows):  # the corners came from the columns, written last
+        return rows.at[:, :, :r].set(0).at[:, :, width - r :].set(0)
+
+    zero_rows, zero_cols = jnp.zeros_like(g[:, :r]), jnp.zeros_like(g[:, :, :r])
+    interior = _border_fill(r, g, zero_rows, zero_rows, zero_cols, zero_cols)
+    return (interior, without_corners(g[:, :r]), without_corners(g[:, height - r :]), g[:, :, :r],
+            g[:, :, width - r :])
+
+
+_rectified_border_fill.defvjp(_rectified_border_fill_forward, _rectified_border_fill_backward)
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,22 +166,27 @@ def l2_normalize(x_NxHxWxC):
 # --------------------------------------------------------------------------------------------
 # Local statistics
 # --------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=256)
-def _box_indices(n: int, radius: int):
-    """Start/stop rows of centred windows clipped to [0, n), for an exclusive prefix sum."""
-    i = np.arange(n)
-    lo = np.maximum(i - radius, 0)
-    hi = np.minimum(i + radius, n - 1) + 1
-    return lo.astype(np.int32), hi.astype(np.int32), (hi - lo).astype(np.float32)
-
-
 def _box_sum_axis(x, axis: int, radius: int):
-    n = x.shape[axis]
-    lo, hi, count = _box_indices(n, radius)
+    """Sums over the centred windows [i - radius, i + radius] clipped to the axis, and their sizes.
+
+    From an exclusive prefix sum P (P[j] = sum of x[:j]): the sum at i is P[min(i + r + 1, n)] -
+    P[max(i - r, 0)], both read as shifted slices of P padded with its edge values, never as a
+    gather (whose gradient would be a scatter-add).
+    """
+    n, r = x.shape[axis], radius
     csum = jnp.cumsum(x, axis=axis)
-    zero = jnp.zeros_like(jax.lax.slice_in_dim(csum, 0, 1, axis=axis))
-    csum = jnp.concatenate([zero, csum], axis=axis)  # exclusive prefix: csum[i] = sum(x[:i])
-    return jnp.take(csum, hi, axis=axis) - jnp.take(csum, lo, axis=axis), count
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (1, 0)
+    prefix = jnp.pad(csum, pad)  # length n + 1, prefix[0] = 0
+    upper = jax.lax.slice_in_dim(prefix, min(r + 1, n), n + 1, axis=axis)
+    pad[axis] = (0, n - upper.shape[axis])
+    upper = jnp.pad(upper, pad, mode="edge")  # prefix[min(i + r + 1, n)]
+    lower = jax.lax.slice_in_dim(prefix, 0, max(n - r, 0), axis=axis)
+    pad[axis] = (n - lower.shape[axis], 0)
+    lower = jnp.pad(lower, pad)  # prefix[max(i - r, 0)]: zeros where the window is clipped
+    i = np.arange(n)
+    count = (np.minimum(i + r, n - 1) + 1 - np.maximum(i - r, 0)).astype(np.float32)
+    return upper - lower, count
 
 
 def window_mean(x_NxHxWxC, k: int):
@@ -127,11 +204,15 @@ def window_mean(x_NxHxWxC, k: int):
     return s / count
 
 
-def window_deviations(x_NxHxWxC, windows, use_global=True):
-    """avg_k(x) - x for each window k, then mean_HW(x) - x: (N, T, H, W, C) in that order."""
+def window_deviations(x_NxHxWxC, windows, global_mean=None):
+    """avg_k(x) - x for each window k, then global_mean - x if given: (N, T, H, W, C) in that order.
+
+    `global_mean` (N, 1, 1, C) is passed in rather than taken from x so that a tile can be scored
+    against the whole image.
+    """
     devs = [window_mean(x_NxHxWxC, k) - x_NxHxWxC for k in windows]
-    if use_global:
-        devs.append(jnp.mean(x_NxHxWxC, axis=(1, 2), keepdims=True) - x_NxHxWxC)
+    if global_mean is not None:
+        devs.append(global_mean - x_NxHxWxC)
     return jnp.stack(devs, axis=1)
 
 
@@ -147,7 +228,7 @@ def convlstm_cell(recurrent_kernel, carry, xz_t):
     """One ConvLSTM step. `xz_t` is the input convolution (with bias) of x_t, precomputed for every
     step at once; gates are 4 blocks of F channels in the order i, f, c, o."""
     h, c = carry
-    z = xz_t + conv(h, recurrent_kernel, padding="SAME")
+    z = xz_t.astype(jnp.float32) + conv(h.astype(xz_t.dtype), recurrent_kernel, padding="SAME").astype(jnp.float32)
     z_i, z_f, z_c, z_o = jnp.split(z, 4, axis=-1)
     i, f, o = hard_sigmoid(z_i), hard_sigmoid(z_f), hard_sigmoid(z_o)
     c = f * c + i * jnp.tanh(z_c)
@@ -156,7 +237,10 @@ def convlstm_cell(recurrent_kernel, carry, xz_t):
 
 
 def convlstm(params, x_NxTxHxWxC):
-    """ConvLSTM over the time axis, returning the last hidden state (N, H, W, F).
+    """ConvLSTM over the time axis, returning the last hidden state (N, H, W, F), float32.
+
+    The convolutions run in the input's dtype; the gates and the cell and hidden states are
+    float32 whatever it is.
 
     Run by `lax.scan` fully unrolled: with at most five steps unrolling costs nothing and a rolled
     loop makes the backward convolutions take a much slower path on CPU.
@@ -168,7 +252,7 @@ def convlstm(params, x_NxTxHxWxC):
     xz = conv(x_NxTxHxWxC.reshape(n * t, h, w, c), kernel, params["bias"], padding="SAME")
     xz = jnp.moveaxis(xz.reshape(n, t, h, w, 4 * f), 1, 0)
     # The carry is made from the input (not jnp.zeros) so that it inherits the batch sharding.
-    zero = jnp.zeros_like(xz[0, ..., :f])
+    zero = jnp.zeros_like(xz[0, ..., :f], dtype=jnp.float32)
     cell = functools.partial(convlstm_cell, params["recurrent_kernel"])
     (h_last, _), _ = jax.lax.scan(cell, (zero, zero), xz, unroll=True)
     return h_last

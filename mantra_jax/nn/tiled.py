@@ -180,7 +180,7 @@ def _pass2_tile(variables, rgb_HxWx3, stored_HxWxC, start, feature_start, mean_C
         features, at = stored_HxWxC, (start[0], start[1], 0)
     y = jax.lax.dynamic_slice(features, at, size + (features.shape[-1],))
     z = ladn.anomaly_features(variables["params"], y[None], mean_C[None, None, None], std_C[None, None, None], cfg)
-    return jax.nn.sigmoid(ladn.decide(variables["params"], z).astype(jnp.float32))[0]
+    return jax.nn.sigmoid(ladn.decide(variables["params"], z, dtype))[0]
 
 
 class _MomentAccumulator:
