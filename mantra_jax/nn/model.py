@@ -10,6 +10,8 @@ cLSTM, pred; batch-norm statistics under bnorm), so published weights map onto t
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ from mantra_jax.nn import featex, ladn, layers
 from mantra_jax.nn.config import ModelConfig
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def init(rng, cfg: ModelConfig) -> dict:
     k_featex, k_head = jax.random.split(rng)
     params = {"Featex": featex.init(k_featex, cfg)}
@@ -44,10 +47,14 @@ def preprocess(rgb_uint8):
     return jnp.asarray(rgb_uint8, jnp.float32) * (2.0 / 255.0) - 1.0
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "train", "dtype", "pooled"))
 def apply(variables: dict, x_NxHxWx3, cfg: ModelConfig, *, train: bool = False, dtype=jnp.float32,
           pooled: bool = False) -> dict:
     """Forward pass. `dtype` is the computation dtype of the convolutions (parameters stay float32;
     the anomaly statistics are always float32).
+
+    Jitted (compiled once per configuration and shapes; inlined into any caller's jit), so that a
+    call outside jit, e.g. in a notebook, runs as one program rather than op by op.
 
     Returns {"logits": (N, H, W)} for ManTra-Net (pre-sigmoid: losses are computed from logits),
     {"logits": (N, H, W, classes)} for the IMC head, or its spatial mean (N, classes) with
