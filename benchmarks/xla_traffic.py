@@ -73,6 +73,7 @@ def _parse(line: str):
     if not match:
         return None
     result, op, args = match.groups()
+    args = re.sub(r"/\*index=\d+\*/", "", args)  # XLA numbers every fifth operand in a comment
     operands = [a.strip() for a in args.split(",") if a.strip().startswith("%")]
     return name.replace("ROOT ", "").strip(), result, op, operands
 

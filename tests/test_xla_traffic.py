@@ -26,7 +26,7 @@ ENTRY %main (x: f32[100,100], k: bf16[3,3,8,8]) -> f32[100,100] {
   %x = f32[100,100]{1,0} parameter(0)
   %k = bf16[3,3,8,8]{3,2,1,0} parameter(1)
   %slice_fusion = f32[10,100]{1,0} fusion(%x), kind=kLoop, calls=%fused_slice
-  %add_fusion = f32[100,100]{1,0} fusion(%x, %x), kind=kLoop, calls=%fused_add
+  %add_fusion = f32[100,100]{1,0} fusion(%x, /*index=1*/%x), kind=kLoop, calls=%fused_add
   %conv = (bf16[1,8,8,8]{3,2,1,0}, u8[0]{0}) custom-call(%k, %k), custom_call_target="__cudnn$convForward"
   %gte = bf16[1,8,8,8]{3,2,1,0} get-tuple-element(%conv), index=0
   ROOT %dus_fusion = f32[100,100]{1,0} fusion(%add_fusion, %slice_fusion), kind=kLoop, calls=%fused_dynamic_update_slice

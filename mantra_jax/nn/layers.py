@@ -167,53 +167,67 @@ def l2_normalize(x_NxHxWxC):
 # --------------------------------------------------------------------------------------------
 # Local statistics
 # --------------------------------------------------------------------------------------------
-def _box_sum_axis(x, axis: int, radius: int):
-    """Sums over the centred windows [i - radius, i + radius] clipped to the axis, and their sizes.
+def _integral_image(x_NxHxWxC):
+    """Exclusive 2-D prefix sums, (N, H + 1, W + 1, C): I[i, j] = sum of x[:i, :j]."""
+    csum = jnp.cumsum(jnp.cumsum(x_NxHxWxC, axis=1), axis=2)
+    return jnp.pad(csum, ((0, 0), (1, 0), (1, 0), (0, 0)))
 
-    From an exclusive prefix sum P (P[j] = sum of x[:j]): the sum at i is P[min(i + r + 1, n)] -
-    P[max(i - r, 0)], both read as shifted slices of P padded with its edge values, never as a
-    gather (whose gradient would be a scatter-add).
-    """
-    n, r = x.shape[axis], radius
-    csum = jnp.cumsum(x, axis=axis)
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (1, 0)
-    prefix = jnp.pad(csum, pad)  # length n + 1, prefix[0] = 0
+
+def _clipped_ends(prefix, axis: int, radius: int):
+    """prefix[min(i + r + 1, n)] and prefix[max(i - r, 0)] for i in [0, n), as shifted slices of
+    a prefix array of length n + 1 along `axis` (edge-padded; zero where a window is clipped at
+    the start, since prefix[0] = 0), never as a gather, whose gradient would be a scatter-add."""
+    n, r = prefix.shape[axis] - 1, radius
+    pad = [(0, 0)] * prefix.ndim
     upper = jax.lax.slice_in_dim(prefix, min(r + 1, n), n + 1, axis=axis)
     pad[axis] = (0, n - upper.shape[axis])
-    upper = jnp.pad(upper, pad, mode="edge")  # prefix[min(i + r + 1, n)]
+    upper = jnp.pad(upper, pad, mode="edge")
     lower = jax.lax.slice_in_dim(prefix, 0, max(n - r, 0), axis=axis)
     pad[axis] = (n - lower.shape[axis], 0)
-    lower = jnp.pad(lower, pad)  # prefix[max(i - r, 0)]: zeros where the window is clipped
-    i = np.arange(n)
-    count = (np.minimum(i + r, n - 1) + 1 - np.maximum(i - r, 0)).astype(np.float32)
-    return upper - lower, count
+    return upper, jnp.pad(lower, pad)
+
+
+def _window_means(integral, k: int):
+    """Centred k x k means over in-image pixels from an integral image: four corners per pixel."""
+    r = k // 2
+    rows_hi, rows_lo = _clipped_ends(integral, 1, r)
+    sums = [_clipped_ends(rows, 2, r) for rows in (rows_hi, rows_lo)]
+    total = (sums[0][0] - sums[0][1]) - (sums[1][0] - sums[1][1])
+    counts = []
+    for n in integral.shape[1:3]:
+        i = np.arange(n - 1)
+        counts.append(np.minimum(i + r, n - 2) + 1 - np.maximum(i - r, 0))
+    return total / jnp.asarray(np.outer(*counts)[None, :, :, None].astype(np.float32))
 
 
 def window_mean(x_NxHxWxC, k: int):
     """Centred k x k mean over in-image pixels only (average pooling, stride 1, SAME, padding not
     counted), for any k, including windows larger than the image.
 
-    Computed from prefix sums (separable, O(1) per pixel whatever k): `lax.reduce_window` compiles
-    very slowly for large windows and runs slower on CPU.
+    From an integral image (O(1) per pixel whatever k; `lax.reduce_window` compiles very slowly for
+    large windows), of x centred on its mean so that the prefix sums stay small and float32 loses
+    nothing in the four-corner differences.
     """
-    r = k // 2
     x = x_NxHxWxC.astype(jnp.float32)
-    s, count_h = _box_sum_axis(x, 1, r)
-    s, count_w = _box_sum_axis(s, 2, r)
-    count = jnp.asarray(np.outer(count_h, count_w)[None, :, :, None])
-    return s / count
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    return _window_means(_integral_image(x - mean), k) + mean
 
 
 def window_deviations(x_NxHxWxC, windows, global_mean=None):
     """avg_k(x) - x for each window k, then global_mean - x if given: (N, T, H, W, C) in that order.
 
     `global_mean` (N, 1, 1, C) is passed in rather than taken from x so that a tile can be scored
-    against the whole image.
+    against the whole image. All windows share one integral image of x centred on that mean (the
+    deviations do not depend on the centre; the small prefix sums keep float32 exact enough), so
+    an accelerator computes every deviation in one pass over it.
     """
-    devs = [window_mean(x_NxHxWxC, k) - x_NxHxWxC for k in windows]
+    x = x_NxHxWxC.astype(jnp.float32)
+    centre = global_mean if global_mean is not None else jnp.mean(x, axis=(1, 2), keepdims=True)
+    centred = x - centre
+    integral = _integral_image(centred)
+    devs = [_window_means(integral, k) - centred for k in windows]
     if global_mean is not None:
-        devs.append(global_mean - x_NxHxWxC)
+        devs.append(-centred)
     return jnp.stack(devs, axis=1)
 
 
