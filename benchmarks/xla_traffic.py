@@ -1,7 +1,7 @@
 """What XLA's GPU compiler makes of ManTra-Net, without a GPU: kernels, memory traffic, precision.
 
-    # in an environment of its own: the CUDA plugin of the installed jax version
-    pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')" optax numpy
+    # in an environment of its own: the requirements plus the CUDA plugin of their jax version
+    pip install -r requirements.txt "jax[cuda12]==<that jax version, e.g. 0.10.2>"
     python -m benchmarks.xla_traffic --target_config h100_sxm.txtpb [--rows ROW,...]
                                      [--dtypes float32,bfloat16] [--dump DIR] [--json PATH]
 
@@ -16,9 +16,9 @@ assignment are XLA's real decisions.
 Rows: imc_train, e2e_train (the trainer's step), infer (the whole-image pass of a 1024 x 768
 image), tile1 and tile2 (one crop of each pass of tiled inference of a 4000 x 3000 image at
 512-pixel tiles). Per row and dtype it prints the kernels launched, a memory-traffic model (each
-top-level kernel reads its operands and writes its result once; an in-place dynamic-update-slice
-fusion moves only its update), the largest kernel categories by traffic, convolutions by dtype,
-gathers and scatters, and XLA's temporary memory. Not a timing: a way to see what would cost
+top-level kernel reads its operands and writes its result once; a fused slice reads only its
+slice; an in-place dynamic-update-slice fusion moves only its update), the largest kernel
+categories by traffic, convolutions by dtype, gathers and scatters, and XLA's temporaries. Not a timing: a way to see what would cost
 bandwidth on the accelerator, and to compare a change before and after. `--dump DIR` keeps XLA's
 dumps (optimized HLO, buffer assignment) for reading.
 """
