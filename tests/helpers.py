@@ -1,9 +1,10 @@
-"""Shared test helpers: synthetic photo folders, random networks drawn in numpy, batch comparison."""
+"""Shared test helpers: synthetic photo folders, random networks drawn in numpy, batch comparison,
+and the resume checks every grain stream must pass."""
 import cv2
 import jax
 import numpy as np
 
-from mantra_jax.data import photos
+from mantra_jax.data import imc_pipeline, photos
 from mantra_jax.nn import model
 
 
@@ -49,3 +50,35 @@ def assert_same_batches(a, b):
         assert x.keys() == y.keys()
         for key in x:
             np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def assert_restore_continues_the_stream(make_dataset):
+    """A fresh iterator restored from a saved state yields what the saved one yields next."""
+    uninterrupted = iter(make_dataset())
+    take_batches(uninterrupted, 3)
+    saved = imc_pipeline.iterator_state_to_json(uninterrupted)
+    expected = take_batches(uninterrupted, 2)
+    resumed = iter(make_dataset())
+    imc_pipeline.restore_iterator_state(resumed, saved)
+    assert_same_batches(take_batches(resumed, 2), expected)
+
+
+def assert_workers_change_nothing(make_dataset):
+    """make_dataset(worker_count) gives the same batches with 0 and 2 grain workers, and a
+    2-worker stream resumed from its saved state continues where it stopped."""
+
+    def run(workers, n, state=None):
+        iterator = iter(make_dataset(workers))
+        if state is not None:
+            imc_pipeline.restore_iterator_state(iterator, state)
+        batches = take_batches(iterator, n)
+        state_after = imc_pipeline.iterator_state_to_json(iterator)
+        if hasattr(iterator, "close"):
+            iterator.close()
+        return batches, state_after
+
+    in_process, _ = run(0, 5)
+    with_workers, state = run(2, 3)
+    assert_same_batches(with_workers, in_process[:3])
+    resumed, _ = run(2, 2, state)
+    assert_same_batches(resumed, in_process[3:5])

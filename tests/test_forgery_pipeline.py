@@ -5,7 +5,13 @@ import pytest
 
 from mantra_jax.data import forgeries, forgery_pipeline, imc_pipeline, photos
 from mantra_jax.data.photos import PatchEntry
-from tests.helpers import assert_same_batches, take_batches, write_photo_folder
+from tests.helpers import (
+    assert_restore_continues_the_stream,
+    assert_same_batches,
+    assert_workers_change_nothing,
+    take_batches,
+    write_photo_folder,
+)
 
 FORGED_IDS = set(range(len(forgeries.FORGERY_TYPES)))
 
@@ -164,38 +170,14 @@ def test_pristine_share_one_gives_only_empty_masks_and_postprocess_reaches_them(
 
 
 def test_iterator_state_restore_continues_the_stream(index):
-    def fresh():
-        return iter(forgery_pipeline.make_train_dataset(index, seed=1, batch_size=2, patch_size=64))
-
-    uninterrupted = fresh()
-    take_batches(uninterrupted, 3)
-    saved = forgery_pipeline.iterator_state_to_json(uninterrupted)
-    expected = take_batches(uninterrupted, 2)
-    resumed = fresh()
-    forgery_pipeline.restore_iterator_state(resumed, saved)
-    assert_same_batches(take_batches(resumed, 2), expected)
+    assert_restore_continues_the_stream(
+        lambda: forgery_pipeline.make_train_dataset(index, seed=1, batch_size=2, patch_size=64))
 
 
 def test_zero_and_two_workers_give_identical_batches_and_state(index):
-    def run(workers, state=None, n=3):
-        dataset = forgery_pipeline.make_train_dataset(
-            index, seed=11, batch_size=2, patch_size=64, pristine_share=0.2,
-            worker_count=workers, prefetch_buffer=1,
-        )
-        iterator = iter(dataset)
-        if state is not None:
-            forgery_pipeline.restore_iterator_state(iterator, state)
-        batches = take_batches(iterator, n)
-        state_after = forgery_pipeline.iterator_state_to_json(iterator)
-        if hasattr(iterator, "close"):
-            iterator.close()
-        return batches, state_after
-
-    in_process, _ = run(0, n=5)
-    with_workers, state = run(2, n=3)
-    assert_same_batches(with_workers, in_process[:3])
-    resumed, _ = run(2, state=state, n=2)
-    assert_same_batches(resumed, in_process[3:5])
+    assert_workers_change_nothing(lambda workers: forgery_pipeline.make_train_dataset(
+        index, seed=11, batch_size=2, patch_size=64, pristine_share=0.2, worker_count=workers,
+        prefetch_buffer=1))
 
 
 def test_shards_of_two_processes_differ(index):

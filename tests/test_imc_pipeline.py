@@ -8,7 +8,13 @@ import pytest
 
 from mantra_jax.data import images, imc_pipeline, photos
 from mantra_jax.imc import manipulations, taxonomy
-from tests.helpers import assert_same_batches, take_batches, write_photo_folder
+from tests.helpers import (
+    assert_restore_continues_the_stream,
+    assert_same_batches,
+    assert_workers_change_nothing,
+    take_batches,
+    write_photo_folder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,38 +67,13 @@ def test_train_batches_shapes_labels_and_seed(index):
 
 
 def test_iterator_state_restore_continues_the_stream(index):
-    def fresh():
-        return iter(imc_pipeline.make_train_dataset(index, seed=1, batch_size=2, level=5))
-
-    uninterrupted = fresh()
-    take_batches(uninterrupted, 3)
-    saved = imc_pipeline.iterator_state_to_json(uninterrupted)
-    expected = take_batches(uninterrupted, 2)
-    resumed = fresh()
-    imc_pipeline.restore_iterator_state(resumed, saved)
-    assert_same_batches(take_batches(resumed, 2), expected)
+    assert_restore_continues_the_stream(
+        lambda: imc_pipeline.make_train_dataset(index, seed=1, batch_size=2, level=5))
 
 
 def test_zero_and_two_workers_give_identical_batches_and_state(index):
-    def run(workers, state=None, n=3):
-        dataset = imc_pipeline.make_train_dataset(
-            index, seed=11, batch_size=2, worker_count=workers, prefetch_buffer=1
-        )
-        iterator = iter(dataset)
-        if state is not None:
-            imc_pipeline.restore_iterator_state(iterator, state)
-        batches = take_batches(iterator, n)
-        state_after = imc_pipeline.iterator_state_to_json(iterator)
-        if hasattr(iterator, "close"):
-            iterator.close()
-        return batches, state_after
-
-    in_process, _ = run(0, n=5)
-    with_workers, state = run(2, n=3)
-    assert_same_batches(with_workers, in_process[:3])
-    # Resuming a 2-worker iterator from its saved state continues where it stopped.
-    resumed, _ = run(2, state=state, n=2)
-    assert_same_batches(resumed, in_process[3:5])
+    assert_workers_change_nothing(lambda workers: imc_pipeline.make_train_dataset(
+        index, seed=11, batch_size=2, worker_count=workers, prefetch_buffer=1))
 
 
 def test_shards_partition_the_global_order():

@@ -200,26 +200,16 @@ def _window_means(integral, k: int):
     return total / jnp.asarray(np.outer(*counts)[None, :, :, None].astype(np.float32))
 
 
-def window_mean(x_NxHxWxC, k: int):
-    """Centred k x k mean over in-image pixels only (average pooling, stride 1, SAME, padding not
-    counted), for any k, including windows larger than the image.
-
-    From an integral image (O(1) per pixel whatever k; `lax.reduce_window` compiles very slowly for
-    large windows), of x centred on its mean so that the prefix sums stay small and float32 loses
-    nothing in the four-corner differences.
-    """
-    x = x_NxHxWxC.astype(jnp.float32)
-    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    return _window_means(_integral_image(x - mean), k) + mean
-
-
 def window_deviations(x_NxHxWxC, windows, global_mean=None):
     """avg_k(x) - x for each window k, then global_mean - x if given: (N, T, H, W, C) in that order.
 
-    `global_mean` (N, 1, 1, C) is passed in rather than taken from x so that a tile can be scored
-    against the whole image. All windows share one integral image of x centred on that mean (the
-    deviations do not depend on the centre; the small prefix sums keep float32 exact enough), so
-    an accelerator computes every deviation in one pass over it.
+    avg_k is the centred k x k mean over in-image pixels only (average pooling, stride 1, SAME,
+    padding not counted), for any k, including windows larger than the image. `global_mean`
+    (N, 1, 1, C) is passed in rather than taken from x so that a tile can be scored against the
+    whole image. All windows share one integral image (O(1) per pixel whatever k;
+    `lax.reduce_window` compiles very slowly for large windows) of x centred on that mean: the
+    deviations do not depend on the centre, the small prefix sums keep float32 exact, and an
+    accelerator computes every deviation in one pass over it.
     """
     x = x_NxHxWxC.astype(jnp.float32)
     centre = global_mean if global_mean is not None else jnp.mean(x, axis=(1, 2), keepdims=True)
