@@ -49,11 +49,12 @@ what the faster train step consumes, and the issue's targets (meant for an H100)
 
 The PyTorch peer is an optional dependency of this benchmark only (not in requirements.txt):
 `pip install torch`. It is the same architecture, shapes and FLOPs, not our weights: symmetric
-padding by concatenated flipped slices, the window means by the same prefix sums as the JAX code,
-the hand-written ConvLSTM with hard sigmoid, the IMC head and the LADN statistics in float32 and
-the ConvLSTM's gates and states in float32, as in JAX. Before the timings a check (on the CPU, in its own process) copies the JAX
-parameters of a small configuration into it and compares the outputs, and compares its parameter
-counts with ours for the released configurations; the table says when that check fails. On a GPU
+padding by concatenated flipped slices, the window means by separable prefix sums (the JAX code
+reads one integral image), the hand-written ConvLSTM with hard sigmoid, the IMC head and the LADN
+statistics in float32 and the ConvLSTM's gates and states in float32, as in JAX. Before the
+timings a check (on the CPU, in its own process) copies the JAX parameters of a small
+configuration into it and compares the outputs, and compares its parameter counts with ours for
+the released configurations; the table says when that check fails. On a GPU
 the float32 rows use each framework's default precision, which may use TF32 (JAX: XLA's default;
 PyTorch: cudnn.allow_tf32, and matmul precision "high"); the JSON records JAX's setting.
 
@@ -307,7 +308,7 @@ def measure_jax_row(spec: RowSpec, dtype_name: str, quick: bool, repeats: int) -
     import jax.numpy as jnp
     import numpy as np
 
-    from mantra_jax.nn import model
+    from mantra_jax.nn import tiled
 
     device = jax.devices()[0]
     dtype = jnp.dtype(dtype_name)
@@ -358,12 +359,8 @@ def measure_jax_row(spec: RowSpec, dtype_name: str, quick: bool, repeats: int) -
     if spec.kind == "infer":
         # The useful work: the whole-image program, lowered (traced) but never compiled or run, so
         # that a tiled row counts no halo and the count costs no memory at any size.
-        def whole_image(variables, rgb):
-            x = model.preprocess(rgb)[None]
-            return jax.nn.sigmoid(model.apply(variables, x, cfg, dtype=dtype)["logits"][0])
-
         image = jax.ShapeDtypeStruct((spec.height, spec.width, 3), jnp.uint8)
-        result["flops"] = _flops(jax.jit(whole_image).lower(predictor.variables, image))
+        result["flops"] = _flops(tiled.whole_image_map.lower(predictor.variables, image, cfg, dtype))
     return result
 
 
@@ -429,7 +426,7 @@ def torch_network(cfg):
         return torch.cat([x[:, :, :, :r].flip(3), x, x[:, :, :, -r:].flip(3)], dim=3)
 
     def box_mean(x, k):
-        """Centred k x k mean over in-image pixels, by prefix sums (as mantra_jax.nn.layers)."""
+        """Centred k x k mean over in-image pixels, by separable prefix sums."""
         r, s, counts = k // 2, x, []
         for dim in (2, 3):
             n = s.shape[dim]

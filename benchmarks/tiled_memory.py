@@ -83,7 +83,7 @@ def _child_estimate(height: int, width: int, quick: bool) -> dict:
     cfg = config.make_config(width_scale=0.125) if quick else config.released()
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), cfg))
     image = jax.ShapeDtypeStruct((height, width, 3), jnp.uint8)
-    compiled = tiled._whole_image.lower(shapes, image, cfg, jnp.dtype(jnp.float32)).compile()
+    compiled = tiled.whole_image_map.lower(shapes, image, cfg, jnp.dtype(jnp.float32)).compile()
     analysis = compiled.memory_analysis()
     total = analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
     return {"xla_bytes": int(total)}

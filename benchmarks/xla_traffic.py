@@ -172,7 +172,7 @@ def _programs(row: str, dtype, device):
     variables = abstract(jax.eval_shape(lambda: model.init(jax.random.key(0), cfg)))
     if row == "infer":
         image = abstract(jax.ShapeDtypeStruct((768, 1024, 3), jnp.uint8))
-        return (lambda v, rgb: tiled._whole_image(v, rgb, cfg, dtype)), (variables, image), ()
+        return (lambda v, rgb: tiled.whole_image_map(v, rgb, cfg, dtype)), (variables, image), ()
     height, width = 3000, 4000
     image = abstract(jax.ShapeDtypeStruct((height, width, 3), jnp.uint8))
     stored = abstract(jax.ShapeDtypeStruct((height, width, cfg.adapt_dim), jnp.float32))

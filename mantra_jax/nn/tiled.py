@@ -115,7 +115,9 @@ def _check_rgb(rgb_HxWx3):
 # The whole-image pass
 # --------------------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
-def _whole_image(variables, rgb_HxWx3, cfg, dtype):
+def whole_image_map(variables, rgb_HxWx3, cfg, dtype):
+    """The jitted whole-image program: uint8 H x W x 3 -> float32 probabilities, without the input
+    checks of `whole_image_probabilities` (what the benchmarks lower and analyse)."""
     x = model.preprocess(rgb_HxWx3)[None]
     return jax.nn.sigmoid(model.apply(variables, x, cfg, dtype=dtype)["logits"][0])
 
@@ -125,7 +127,7 @@ def whole_image_probabilities(variables, rgb_HxWx3, cfg: ModelConfig, *, dtype=j
     the image: about 5 KB per pixel for the released model on CPU)."""
     _check_cfg(cfg)
     _check_rgb(np.asarray(rgb_HxWx3))
-    return np.asarray(_whole_image(variables, np.asarray(rgb_HxWx3), cfg, jnp.dtype(dtype)))
+    return np.asarray(whole_image_map(variables, np.asarray(rgb_HxWx3), cfg, jnp.dtype(dtype)))
 
 
 # --------------------------------------------------------------------------------------------
