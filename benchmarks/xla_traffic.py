@@ -82,11 +82,10 @@ def _parameter_reads(lines: list[str]) -> dict[int, int]:
     """Bytes a fused computation reads of each parameter it only slices (the slices' sizes)."""
     parsed = [p for p in map(_parse, lines) if p]
     params = {}
-    for name, result, op, _ in parsed:
-        if op == "parameter":
-            index = int(re.search(r"parameter\((\d+)\)", next(l for l in lines if l.startswith(name + " ")
-                                                                  or l.startswith("ROOT " + name + " "))).group(1))
-            params["%" + name.lstrip("%")] = index
+    for line in lines:  # "%param_0.9 = f32[...] parameter(0)"
+        match = re.match(r"(?:ROOT )?(%\S+) = .* parameter\((\d+)\)", line)
+        if match:
+            params[match.group(1)] = int(match.group(2))
     reads = {}
     for param, index in params.items():
         users = [(result, op, operands) for _, result, op, operands in parsed if param in operands]
