@@ -11,7 +11,9 @@ FLAGFILES = sorted((ROOT / "experiments" / "flags").glob("*.flags"))
 
 @pytest.mark.parametrize("flagfile", FLAGFILES, ids=lambda p: p.name)
 def test_flagfile_parses(flagfile):
-    module = "experiments.imc385" if flagfile.name.startswith("imc385") else "experiments.mantranet"
+    modules = {"imc385": "experiments.imc385", "study_imc": "experiments.imc385", "study_e2e": "experiments.mantranet",
+               "study.": "experiments.study"}
+    module = next((m for prefix, m in modules.items() if flagfile.name.startswith(prefix)), "experiments.mantranet")
     proc = subprocess.run([sys.executable, "-m", module, f"--flagfile={flagfile}", "--helpshort"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     output = proc.stdout + proc.stderr

@@ -221,6 +221,47 @@ def test_copy_move_copies_source_pixels_to_a_displaced_target():
         np.testing.assert_array_equal(image[target == 0], patch[target == 0])
 
 
+def test_subpixel_copy_move_is_resampled_not_copied():
+    """With subpixel_prob=1 an unscaled, unrotated copy lands between pixels: bilinear
+    interpolation of a texture, so no whole-pixel shift reproduces its interior."""
+    for seed in range(6):
+        patch, source = _texture(seed), _mask(seed)
+        exact, exact_target = forgeries.copy_move(patch, source, np.random.default_rng(seed), scale_prob=0.0,
+                                                  rotate_prob=0.0, feather_prob=0.0)
+        image, target = forgeries.copy_move(patch, source, np.random.default_rng(seed), scale_prob=0.0,
+                                            rotate_prob=0.0, feather_prob=0.0, subpixel_prob=1.0)
+        np.testing.assert_array_equal(image[target == 0], patch[target == 0])
+
+        def best_integer_match(img, region):
+            rows, cols = np.nonzero(region)
+            best = 0.0
+            for dy in range(-63, 64):
+                for dx in range(-63, 64):
+                    r, c = rows + dy, cols + dx
+                    ok = (r >= 0) & (r < 64) & (c >= 0) & (c < 64)
+                    if ok.mean() < 0.9:
+                        continue
+                    best = max(best, float((img[rows[ok], cols[ok]] == patch[r[ok], c[ok]]).all(axis=1).mean()))
+            return best
+
+        assert best_integer_match(exact, exact_target) == 1.0  # the default: an exact copy
+        assert best_integer_match(image, target) < 0.5
+
+
+def test_synthesized_copy_moves_are_always_resampled():
+    """synthesize draws its copy-moves with COPY_MOVE_SUBPIXEL_PROB (1: never an exact copy)."""
+    assert forgeries.COPY_MOVE_SUBPIXEL_PROB == 1.0
+    patch = _texture(3)
+    for seed in range(4):
+        image, mask, _ = forgeries.synthesize("copy_move", patch, None, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        rng.random()  # the pristine-share draw
+        region = masks.random_mask(rng, 64, 64)
+        expected, expected_mask = forgeries.copy_move(patch, region, rng, subpixel_prob=1.0)
+        np.testing.assert_array_equal(image, expected)
+        np.testing.assert_array_equal(mask, expected_mask)
+
+
 def test_copy_move_marks_the_source_only_on_request():
     patch, source = _texture(6), _mask(6)
     image, target = forgeries.copy_move(patch, source, np.random.default_rng(2))

@@ -40,6 +40,10 @@ from mantra_jax.data import masks as masks_lib
 FORGERY_TYPES = ("splicing", "copy_move", "removal", "enhancement")
 PRISTINE_ID = -1
 MIN_PATCH_SIDE = 16
+# Every synthesised copy-move is resampled (scaled, rotated or shifted by a fraction of a pixel).
+# An exact whole-pixel copy differs from the photo only along its outline: trained to mark its
+# interior, a network can only learn content priors (where forgeries tend to lie), not traces.
+COPY_MOVE_SUBPIXEL_PROB = 1.0
 
 Manipulation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -284,7 +288,7 @@ def copy_move(patch: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
               scale_range: tuple[float, float] = (0.75, 1.33), rotate_prob: float = 0.3,
               angle_range: tuple[float, float] = (-30.0, 30.0), feather_prob: float = 0.3,
               feather_range: tuple[float, float] = (2.0, 6.0),
-              min_shift_fraction: float = 0.1, tries: int = 10):
+              min_shift_fraction: float = 0.1, tries: int = 10, subpixel_prob: float = 0.0):
     """Copies the region `mask` of `patch` (the source) to another place in the same patch.
 
     The copy is scaled (probability `scale_prob`) and rotated (probability `rotate_prob`)
@@ -292,7 +296,10 @@ def copy_move(patch: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
     among `tries` random destinations the first one that puts at least half of the copy
     outside the source is taken (else the one with most pixels outside it), so the copy is a
     real displacement. The target's edge is feathered inwards with probability
-    `feather_prob`. Returns (image, target), or (image, target | source) with `mark_source`.
+    `feather_prob`. A copy neither scaled nor rotated is moved by a whole number of pixels (an
+    exact copy) unless, with probability `subpixel_prob`, its shift keeps a random fraction of a
+    pixel: it is then resampled by bilinear interpolation like a scaled or rotated copy.
+    Returns (image, target), or (image, target | source) with `mark_source`.
     """
     where = "copy_move"
     patch = _check_image(patch, "patch", where)
@@ -308,6 +315,8 @@ def copy_move(patch: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
 
     scale, angle = _sample_scale_angle(rng, scale_prob, scale_range, rotate_prob, angle_range)
     integer_translation = _is_integer_translation(scale, angle)
+    if integer_translation and subpixel_prob > 0 and rng.random() < subpixel_prob:
+        integer_translation = False
     rows, cols = np.nonzero(source)
     source_center = np.array([cols.mean(), rows.mean()])
     min_shift = max(2.0, min_shift_fraction * min(height, width))
@@ -425,7 +434,8 @@ def synthesize(kind: str | None, patch: np.ndarray, donor: np.ndarray | None,
         if kind == "splicing":
             image, mask = splicing(patch, donor, mask, rng)
         elif kind == "copy_move":
-            image, mask = copy_move(patch, mask, rng, mark_source=mark_source)
+            image, mask = copy_move(patch, mask, rng, mark_source=mark_source,
+                                    subpixel_prob=COPY_MOVE_SUBPIXEL_PROB)
         elif kind == "removal":
             image, mask = removal(patch, mask, rng)
         else:
