@@ -43,9 +43,11 @@ flags.DEFINE_string("imc_flagfile", "experiments/flags/study_imc.flags", "Flags 
 flags.DEFINE_string("e2e_flagfile", "experiments/flags/study_e2e.flags", "Flags of the end-to-end runs.")
 flags.DEFINE_integer("seed", 0, "Seed of every run (data and initialisation).", lower_bound=0)
 flags.DEFINE_list("parts", ["imc_hl0", "imc_hl5", "e2e_random", "e2e_half_freeze", "e2e_half_random",
-                            "imc_eval", "coverage", "results"], "Parts to run, in this order.")
+                            "imc_eval", "coverage", "diagnose", "results", "package"],
+                  "Parts to run, in this order.")
 flags.DEFINE_integer("imc_eval_samples", 3800, "Manipulated test crops per IMC evaluation (10 per leaf).",
                      lower_bound=1)
+flags.DEFINE_string("package_dir", "checkpoints", "Where the package part writes mantranet_small/ and imc_small/.")
 flags.DEFINE_integer("max_images", 0, "COVERAGE images scored per set (0: all; for a quick check).", lower_bound=0)
 
 TRAIN_RUNS = {
@@ -205,6 +207,50 @@ def run_coverage() -> None:
             (out / "seconds.json").write_text(json.dumps({"seconds": time.time() - start}))
 
 
+def texture_auc(rgb, prob, window: int = 15) -> float | None:
+    """How well a map ranks textured over flat pixels: the AUC of `prob` for the label "local luma
+    std above the image's median". Near 1 for a texture detector, near 0.5 for a map blind to
+    texture; read beside the forgery AUC, it says which of the two a model follows."""
+    import cv2
+    import numpy as np
+
+    from mantra_jax.eval import pixel_metrics
+
+    luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    mean = cv2.blur(luma, (window, window))
+    local_std = np.sqrt(np.maximum(cv2.blur(luma * luma, (window, window)) - mean * mean, 0))
+    textured = (local_std > np.median(local_std)).astype(np.uint8)
+    step = 4  # every 4th pixel in each direction: the AUC of 1/16 of the pixels, enough here
+    return pixel_metrics.roc_auc(prob[::step, ::step].ravel().tolist(), textured[::step, ::step].ravel().tolist())
+
+
+def run_diagnose() -> None:
+    """Texture AUC against forgery AUC of every scored map on COVERAGE (see `texture_auc`)."""
+    import numpy as np
+
+    from mantra_jax.eval import datasets
+
+    coverage = Path(FLAGS.coverage_dir)
+    pairs, _ = datasets.pair_images_and_masks(coverage / "image", _out() / "data" / "coverage_masks_all",
+                                              preset="coverage")
+    pairs = pairs[: FLAGS.max_images or None]
+    result = {}
+    for name in E2E_RUNS + [BASELINE]:
+        maps = _out() / "eval" / name / "maps"
+        if not maps.is_dir():
+            continue
+        values = []
+        for pair in pairs:
+            rgb = datasets.read_rgb(pair.image)
+            path = maps / (hashlib.sha1(rgb.tobytes()).hexdigest()[:20] + ".npy")
+            if path.exists():
+                values.append(texture_auc(rgb, np.load(path, allow_pickle=False)))
+        values = [v for v in values if v is not None]
+        result[name] = {"texture_auc_mean": float(np.mean(values)) if values else None, "n_images": len(values)}
+        _log(f"diagnose {name}: texture AUC {result[name]['texture_auc_mean']} over {len(values)} images")
+    (_out() / "eval" / "diagnose.json").write_text(json.dumps(result, indent=1))
+
+
 # --------------------------------------------------------------------------------------------
 # RESULTS.md
 # --------------------------------------------------------------------------------------------
@@ -304,15 +350,17 @@ def write_results() -> Path:
     lines.append("")
 
     keys = ("pixel_auc_mean", "pixel_auc_pooled", "f1_at_0.5_mean", "f1_best_mean", "image_auc")
+    diagnose = _read(out / "eval" / "diagnose.json") or {}
     for mask_set, title in (("strict", "the 91 pairs with released masks of the right size"),
                             ("all", "all 100 pairs (fitted masks for the 9 mismatched ones)")):
-        lines += [f"## COVERAGE, {title}", "", "| model | n | " + " | ".join(keys) + " |",
-                  "|---|---|" + "---|" * len(keys)]
+        lines += [f"## COVERAGE, {title}", "", "| model | n | " + " | ".join(keys) + " | texture AUC |",
+                  "|---|---|" + "---|" * (len(keys) + 1)]
         for name in E2E_RUNS + [BASELINE]:
             report = _read(out / "eval" / name / f"coverage_{mask_set}" / "report.json")
             if report:
+                texture = diagnose.get(name, {}).get("texture_auc_mean")
                 lines.append(f"| {name} | {report.get('n_images')} | "
-                             + " | ".join(_fmt(report.get(k)) for k in keys) + " |")
+                             + " | ".join(_fmt(report.get(k)) for k in keys) + f" | {_fmt(texture)} |")
         lines.append("")
 
     lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in curve_files] + [""]
@@ -322,10 +370,48 @@ def write_results() -> Path:
     return path
 
 
+# --------------------------------------------------------------------------------------------
+# The shipped small models: parameters and configuration only, with reference outputs
+# --------------------------------------------------------------------------------------------
+def best_e2e_run() -> tuple[str, dict]:
+    """The end-to-end run whose chosen step has the best synthetic validation AUC (never COVERAGE)."""
+    best = None
+    for name in E2E_RUNS:
+        val = [r for r in _metrics(_out() / name) if r.get("kind") == "val"]
+        if not (_out() / name / "final_metrics.json").exists() or not val:
+            continue
+        chosen = min(val, key=lambda r: r["val_loss"])
+        if best is None or chosen["auc_overall"] > best[1]["auc_overall"]:
+            best = (name, chosen)
+    if best is None:
+        raise app.UsageError("package: no finished end-to-end run yet")
+    return best
+
+
+def run_package() -> None:
+    from mantra_jax.eval import reference
+    from mantra_jax.train import checkpoint
+
+    name, chosen = best_e2e_run()
+    imc_source = _out() / "imc_hl5"
+    for source, target, extra in ((_out() / name, "mantranet_small", {"run": name, "chosen": chosen}),
+                                  (imc_source, "imc_small", {"run": "imc_hl5"})):
+        cfg, variables = checkpoint.load_model(source)
+        destination = Path(FLAGS.package_dir) / target
+        if destination.exists():
+            import shutil
+
+            shutil.rmtree(destination)
+        checkpoint.save_model(destination, cfg, variables, dict(extra, source=str(source)))
+        expected = reference.outputs(cfg, variables)
+        (destination / "expected_outputs.json").write_text(json.dumps(expected, indent=1))
+        _log(f"package: {source} -> {destination}")
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    known = set(TRAIN_RUNS) | {"imc_eval", "coverage", "results"}
+    known = set(TRAIN_RUNS) | {"imc_eval", "coverage", "diagnose", "results", "package"}
     unknown = [p for p in FLAGS.parts if p not in known]
     if unknown:
         raise app.UsageError(f"unknown --parts {unknown}; known: {sorted(known)}")
@@ -337,6 +423,10 @@ def main(argv) -> None:
             run_imc_eval()
         elif part == "coverage":
             run_coverage()
+        elif part == "diagnose":
+            run_diagnose()
+        elif part == "package":
+            run_package()
         else:
             write_results()
 

@@ -82,7 +82,7 @@ def test_study_links_its_data_and_writes_results_from_finished_parts(tmp_path):
     row = next(line for line in results.splitlines() if line.startswith("| imc_hl5 |"))
     assert "| 300 | 10.0 | 2.00 | 150 |" in row  # steps, minutes, s/step, best validation step
     assert "| imc_hl5 (760 crops) | 10.0 / 50.0 | 20.0 / 50.0 |" in results
-    assert "| e2e_random | 91 | 0.612 | 0.550 |" in results
+    assert "| e2e_random | 91 | 0.612 | 0.550 |" in results  # then the F1s, image AUC, texture AUC
     assert "imc_hl0 (unfinished)" in results
     assert (out / "figures" / "curves_imc.png").stat().st_size > 0
 
