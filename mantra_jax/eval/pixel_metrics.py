@@ -10,10 +10,10 @@ recomputed from these without running the model again:
   the Mann-Whitney statistic over the distinct values, ties counting half (tie-averaged
   ranks), the pooled one from a merge of every image's distinct values. There is no binning
   error whatever the spread of the likelihoods (weak models concentrate them). Cost, measured
-  on a megapixel float32 map (0.86 to 0.98 million distinct values) on a contended 2-core CPU:
-  0.2 s to sort it, 2.0 to 2.5 MB in the compressed stats.npz, and for the pooled merge about
-  0.2 s and 40 bytes of memory per distinct value of the whole set (20 such maps: 4.5 s, under
-  1 GB);
+  on a contended 2-core CPU: a megapixel float32 map holds 0.86 to 0.98 million distinct
+  values, takes 0.2 s to sort and 2.0 to 2.5 MB of the compressed stats.npz (20 COVERAGE
+  images, 4.0 megapixels: 9.9 MB); the pooled merge takes 0.2 to 1.3 s per million distinct
+  values of the whole set and about 40 bytes of memory per distinct value;
 * the paper's negation rule (ManTra-Net Table 8, after Huh et al. 2018): when more than 50 %
   of an image's ground-truth pixels are forged, its prediction is negated (p -> 1 - p) before
   the AUC is taken; on by default. One decision per image serves both AUCs (an image that is
