@@ -6,18 +6,25 @@
 Writes OUTDIR/report.json, report.md, per_image.csv, panels/ (best and worst images) and the
 per-image statistics (stats.npz, authentic_stats.npz) from which every metric variant can be
 recomputed with --from_stats. Metric conventions: mantra_jax/eval/pixel_metrics.py; folder
-layouts (--preset): mantra_jax/eval/datasets.py.
+layouts (--preset): mantra_jax/eval/datasets.py. A user error (a missing or empty folder, an
+unusable checkpoint, an --out that is a file) is printed as one line, `error: ...`, and the exit
+status is 1; images read as their first frame (animated GIF, multi-page TIFF) are listed under
+`notes` in report.json and in the note column of per_image.csv.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging as std_logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags, logging
 
+from mantra_jax.data import images as image_io
+from mantra_jax.errors import UserError
 from mantra_jax.eval import datasets, pixel_metrics, plots, report
 from mantra_jax.train.reporting import ProgressLine
 
@@ -68,10 +75,11 @@ def _count_skips(skipped: Sequence[dict]) -> dict:
 
 
 def _finish(out_dir: Path, stats, authentic_stats, rows, skipped, options: EvaluationOptions,
-            metadata: dict | None) -> dict:
+            metadata: dict | None, notes: Sequence[dict] = ()) -> dict:
     summary = pixel_metrics.summarize(stats, negate_rule=options.negate_rule, invert=options.invert_predictions,
                                       authentic=authentic_stats, image_score=options.image_score)
     summary.update(_count_skips(skipped))
+    summary["notes"] = list(notes)
     summary["options"] = dataclasses.asdict(options)
     if metadata:
         summary["run"] = dict(metadata)
@@ -95,7 +103,8 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
       metadata: free-form run description stored under "run" in report.json.
 
     Unreadable images, unreadable masks and size mismatches (unless resized) are skipped and
-    counted; a predictor error or a prediction of the wrong shape stops the run.
+    counted; a predictor error or a prediction of the wrong shape stops the run. Images read as
+    their first frame (animated GIF, multi-page TIFF) are listed under ``notes``.
     Returns the summary written to report.json.
     """
     pixel_metrics.check_bins(options.bins)
@@ -105,6 +114,14 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
     authentic_paths = None if authentic_paths is None else list(authentic_paths)[: options.max_images or None]
     skipped = [s.to_dict() if isinstance(s, datasets.Skipped) else dict(s) for s in skipped]
     panels = plots.BestWorstPanels(options.n_panels)
+    notes = []
+
+    def note_frames(path, row=None):
+        note = image_io.file_frames_note(path)
+        if note:
+            notes.append({"path": str(path), "note": note})
+            if row is not None:
+                row["note"] = note
 
     stats, rows = [], []
     bar = ProgressLine(len(pairs), "forged") if progress and pairs else None
@@ -123,6 +140,7 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
         row = pixel_metrics.image_metrics(image_stats, negate_rule=options.negate_rule,
                                           invert=options.invert_predictions)
         row.update(image=str(pair.image), mask=str(pair.mask))
+        note_frames(pair.image, row)
         stats.append(image_stats)
         rows.append(row)
         panel_score = row["auc"] if row["auc"] is not None else row["f1_at_0.5"]
@@ -144,6 +162,7 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
                     bar.update(i)
                 continue
             name = Path(path).stem
+            note_frames(path)
             authentic_stats.append(
                 pixel_metrics.image_stats(_predict(predict_fn, rgb, name), None, bins=options.bins, name=name))
             if bar:
@@ -151,7 +170,7 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
         pixel_metrics.save_stats(out_dir / "authentic_stats.npz", authentic_stats, bins=options.bins)
     pixel_metrics.save_stats(out_dir / "stats.npz", stats, bins=options.bins)
 
-    summary = _finish(out_dir, stats, authentic_stats, rows, skipped, options, metadata)
+    summary = _finish(out_dir, stats, authentic_stats, rows, skipped, options, metadata, notes)
     panels.write(out_dir / "panels")
     return summary
 
@@ -166,11 +185,16 @@ def recompute_from_stats(stats_dir: str | Path, out_dir: str | Path,
     """
     stats_dir = Path(stats_dir)
     stats_path = stats_dir / "stats.npz"
-    if not stats_path.exists():
-        raise FileNotFoundError(f"{stats_path} does not exist: --from_stats needs the folder of an earlier run")
-    stats = pixel_metrics.load_stats(stats_path)
+    if not stats_dir.is_dir():
+        raise UserError(f"--from_stats {stats_dir} is not a folder: give the output folder of an earlier run")
+    if not stats_path.is_file():
+        raise UserError(f"{stats_path} does not exist: --from_stats needs the output folder of an earlier run")
     authentic_path = stats_dir / "authentic_stats.npz"
-    authentic_stats = pixel_metrics.load_stats(authentic_path) if authentic_path.exists() else None
+    try:
+        stats = pixel_metrics.load_stats(stats_path)
+        authentic_stats = pixel_metrics.load_stats(authentic_path) if authentic_path.exists() else None
+    except (OSError, ValueError) as e:  # not an npz, or not ours (load_stats names the file)
+        raise UserError(f"cannot read the statistics of {stats_dir}: {e}") from e
     previous = {}
     if (stats_dir / "report.json").exists():
         previous = json.loads((stats_dir / "report.json").read_text())
@@ -180,7 +204,8 @@ def recompute_from_stats(stats_dir: str | Path, out_dir: str | Path,
     reading = {k: v for k, v in previous.get("options", {}).items()
                if k in ("preset", "invert_masks", "resize_masks", "max_images")}
     options = dataclasses.replace(options, bins=stats[0].bins if stats else options.bins, **reading)
-    return _finish(Path(out_dir), stats, authentic_stats, rows, previous.get("skipped", []), options, metadata)
+    return _finish(Path(out_dir), stats, authentic_stats, rows, previous.get("skipped", []), options, metadata,
+                   previous.get("notes", []))
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,28 +250,49 @@ def evaluate_from_flags(fv: flags.FlagValues) -> dict:
     """What ``main`` does, on any parsed FlagValues."""
     if not fv.out:
         raise app.UsageError("--out is required")
+    if Path(fv.out).exists() and not Path(fv.out).is_dir():
+        raise UserError(f"--out {fv.out} is a file, not a folder: give a folder for the report")
     options = options_from_flags(fv)
     if fv.from_stats:
         return recompute_from_stats(fv.from_stats, fv.out, options)
     missing = [name for name in ("checkpoint", "images", "masks") if not fv[name].value]
     if missing:
         raise app.UsageError(f"missing flags: {', '.join('--' + m for m in missing)} (or use --from_stats)")
-    pairs, skipped = datasets.pair_images_and_masks(fv.images, fv.masks, preset=fv.preset)
-    authentic = datasets.list_authentic_images(fv.authentic, preset=fv.preset) if fv.authentic else None
+    try:  # the folder checks raise these, naming the folder and the problem
+        pairs, skipped = datasets.pair_images_and_masks(fv.images, fv.masks, preset=fv.preset)
+        authentic = datasets.list_authentic_images(fv.authentic, preset=fv.preset) if fv.authentic else None
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from e
     logging.info("%d pairs, %d files skipped while pairing, %s authentic images", len(pairs), len(skipped),
                  "no" if authentic is None else len(authentic))
     from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX only when a model is run)
+    from mantra_jax.train.checkpoint import CheckpointError  # noqa: PLC0415
 
-    predictor = Predictor.from_checkpoint(fv.checkpoint)
+    try:  # no configuration or step, another configuration's weights, a head without forgery maps
+        predictor = Predictor.from_checkpoint(fv.checkpoint)
+    except (CheckpointError, ValueError) as e:
+        raise UserError(f"cannot use the checkpoint {fv.checkpoint}: {e}") from e
     metadata = {"checkpoint": fv.checkpoint, "images": fv.images, "masks": fv.masks, "authentic": fv.authentic,
                 "preset": fv.preset or datasets.DEFAULT_PRESET.name}
     return run_evaluation(predictor.predict, pairs, authentic, fv.out, options, skipped=skipped, metadata=metadata)
 
 
+class _QuietOrbax(std_logging.Filter):
+    """Drops Orbax's INFO lines (hundreds per checkpoint restored); its warnings stay."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    summary = evaluate_from_flags(flags.FLAGS)
+    logging.get_absl_handler().addFilter(_QuietOrbax())
+    try:
+        summary = evaluate_from_flags(flags.FLAGS)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     headline = {k: summary.get(k) for k in ("n_images", "n_skipped", "pixel_auc_mean", "pixel_auc_pooled",
                                             "f1_at_0.5_mean", "f1_best_mean", "iou_at_0.5_mean", "image_auc")}
     print(json.dumps(headline, indent=2))

@@ -10,16 +10,22 @@ From the shell:
 
     python -m mantra_jax.predict --checkpoint DIR --out OUTDIR [--npy] IMAGE_OR_FOLDER...
 
-writes for each image OUTDIR/<stem>_mask.png (round(255 p), 8-bit grey), OUTDIR/<stem>_overlay.png
-(a JET heat map blended over the photo), with --npy OUTDIR/<stem>.npy (float32 H x W), and one row
-of OUTDIR/summary.csv: file, height, width, score (the mean likelihood, the paper's image score),
-seconds (reading and predicting; the first image of each new size includes compilation). Folders
-are searched recursively. A file that cannot be read or predicted is reported on stderr, listed in
-OUTDIR/skipped.csv with the reason, and skipped; the exit status is 1 when no image at all was
-processed, 2 when the checkpoint cannot be used. Two inputs with the same stem get "-2", "-3", ... appended to the later outputs.
+writes for each image OUTDIR/<output>_mask.png (round(255 p), 8-bit grey), OUTDIR/<output>_overlay.png
+(a JET heat map blended over the photo), with --npy OUTDIR/<output>.npy (float32 H x W), and one row
+of OUTDIR/summary.csv: file, output (the name of its outputs: the stem, with "-2", "-3", ...
+appended when inputs share a stem), height, width, score (the mean likelihood, the paper's image
+score), seconds (reading and predicting; the first image of each new size includes compilation),
+note (e.g. that an animated GIF or a multi-page TIFF was read as its first frame). Folders are
+searched recursively; files inside OUTDIR are never inputs (earlier outputs), and a run whose
+images all lie there says so. A file that cannot be read or predicted (or a symbolic link loop) is
+reported on stderr, listed in OUTDIR/skipped.csv with the reason, and skipped; the exit status is 1
+when no image at all was processed, 2 for a user error (an unusable checkpoint, an --out that is a
+file, a bad flag value), reported in one line.
 
-Images larger than `max_untiled_pixels` are processed tile by tile (mantra_jax.nn.tiled), which
-gives the same map in bounded memory; `tile` forces tiling at a given tile size.
+An image takes the whole-image pass when it has at most `max_untiled_pixels` pixels and XLA's
+memory analysis of that pass fits the free memory of the device (mantra_jax.nn.tiled.
+whole_image_program); otherwise it is processed tile by tile, which gives the same map in bounded
+memory. `tile` forces tiling at a given tile size.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mantra_jax.data import images
+from mantra_jax.errors import UserError
 from mantra_jax.nn import model, tiled
 from mantra_jax.nn.config import ModelConfig
 from mantra_jax.train.reporting import ProgressLine
@@ -44,10 +51,11 @@ from mantra_jax.train.reporting import ProgressLine
 # Measured with the released model on CPU (benchmarks/tiled_memory.py): the whole-image pass
 # peaks at about 5.2 KB per pixel (11.3 GB RSS at 2.1 megapixels; XLA asks for 38.5 GB at 12),
 # while the tiled pass costs ~11 % more Featex work at the default 512-pixel tiles and a few GB.
-# Above 2 megapixels, tiling wins.
+# Above 2 megapixels, tiling wins. Below, an image is still tiled when the whole-image program
+# would not fit the device's free memory.
 DEFAULT_MAX_UNTILED_PIXELS = 2_000_000
 OVERLAY_ALPHA = 0.5
-SUMMARY_FIELDS = ("file", "height", "width", "score", "seconds")
+SUMMARY_FIELDS = ("file", "output", "height", "width", "score", "seconds", "note")
 
 
 class Predictor:
@@ -63,10 +71,13 @@ class Predictor:
         tile: Optional[int] = None,
         max_untiled_pixels: int = DEFAULT_MAX_UNTILED_PIXELS,
         feature_budget_bytes: int = tiled.DEFAULT_FEATURE_BUDGET_BYTES,
+        memory_budget_bytes: Optional[int] = None,
     ):
         """`dtype`: the convolutions' computation dtype ("float32" or "bfloat16").
-        `tile`: None tiles only images above `max_untiled_pixels` (at tiled.DEFAULT_TILE pixels);
-        a number tiles every image at that interior size."""
+        `tile`: None tiles the images above `max_untiled_pixels` and those whose whole-image
+        program would not fit `memory_budget_bytes` (None: the device's free memory when the
+        image comes) by XLA's memory analysis, at tiled.DEFAULT_TILE pixels; a number tiles
+        every image at that interior size."""
         if cfg.head != "ladn":
             raise ValueError(
                 f"inference needs a ManTra-Net model (head 'ladn'); this one has the {cfg.head!r} head"
@@ -84,6 +95,8 @@ class Predictor:
         self.tile = None if tile is None else int(tile)
         self.max_untiled_pixels = int(max_untiled_pixels)
         self.feature_budget_bytes = int(feature_budget_bytes)
+        self.memory_budget_bytes = None if memory_budget_bytes is None else int(memory_budget_bytes)
+        self._whole_programs: dict = {}  # (height, width) -> compiled whole-image program, or None: tiled
 
     @classmethod
     def from_checkpoint(cls, directory, *, step: Optional[int] = None, **kwargs) -> "Predictor":
@@ -93,16 +106,29 @@ class Predictor:
         cfg, variables = checkpoint.load_model(directory, step=step)
         return cls(cfg, variables, **kwargs)
 
+    def _whole_program(self, height: int, width: int):
+        """The compiled whole-image program for this size, or None when the image is tiled."""
+        if self.tile is not None or height * width > self.max_untiled_pixels:
+            return None
+        if (height, width) not in self._whole_programs:
+            program, _ = tiled.whole_image_program(self.variables, height, width, self.cfg, dtype=self.dtype,
+                                                   budget_bytes=self.memory_budget_bytes)
+            self._whole_programs[(height, width)] = program
+        return self._whole_programs[(height, width)]
+
     def is_tiled(self, height: int, width: int) -> bool:
-        return self.tile is not None or height * width > self.max_untiled_pixels
+        """Whether an image of this size is processed tile by tile (compiles the whole-image
+        program to ask XLA what it needs, unless the pixel limit or `tile` already decides)."""
+        return self._whole_program(height, width) is None
 
     def predict(self, rgb) -> np.ndarray:
         """Probabilities (float32 H x W) of an image array: uint8 RGB, or anything
         images.to_rgb_uint8 converts (grey, RGBA, 16-bit, float in [0, 1])."""
         rgb = images.to_rgb_uint8(rgb, "image array")
         height, width = rgb.shape[:2]
-        if not self.is_tiled(height, width):
-            return tiled.whole_image_probabilities(self.variables, rgb, self.cfg, dtype=self.dtype)
+        program = self._whole_program(height, width)
+        if program is not None:
+            return np.asarray(program(self.variables, rgb))
         return tiled.tiled_probabilities(
             self.variables, rgb, self.cfg, tile=self.tile or tiled.DEFAULT_TILE, dtype=self.dtype,
             feature_budget_bytes=self.feature_budget_bytes,
@@ -148,24 +174,40 @@ def write_png(path, image) -> None:
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-def collect_inputs(paths: Sequence[str], exclude: Optional[Path] = None) -> tuple[list[Path], list[tuple[str, str]], bool]:
-    """(image files, (path, reason) of inputs that do not exist, whether a folder was given).
+_LINK_LOOP = "a symbolic link loop (or a link that cannot be resolved), not an image"
+
+
+def collect_inputs(paths: Sequence[str], exclude: Optional[Path] = None
+                   ) -> tuple[list[Path], list[tuple[str, str]], bool, int]:
+    """(image files, (path, reason) of inputs left out, whether a folder was given, how many
+    images of the folders were left out because they lie under `exclude`).
 
     Folders are searched recursively; files under `exclude` (the output folder) are left out, so
-    that earlier outputs are never taken for inputs."""
-    files, missing, any_folder = [], [], False
+    that earlier outputs are never taken for inputs. Missing inputs and symbolic link loops are
+    left out with a reason."""
+    files, skipped, any_folder, n_excluded = [], [], False, 0
     excluded = exclude.resolve() if exclude is not None else None
     for p in map(Path, paths):
         if p.is_dir():
             any_folder = True
             for f in images.list_images(p):
-                if excluded is None or excluded not in f.resolve().parents:
-                    files.append(f)
+                if excluded is not None:
+                    try:
+                        resolved = f.resolve()
+                    except (RuntimeError, OSError):  # RuntimeError: "Symlink loop" before Python 3.13
+                        skipped.append((str(f), _LINK_LOOP))
+                        continue
+                    if excluded == resolved or excluded in resolved.parents:
+                        n_excluded += 1
+                        continue
+                files.append(f)
         elif p.is_file():
             files.append(p)
+        elif p.is_symlink():
+            skipped.append((str(p), "a broken symbolic link or " + _LINK_LOOP[2:]))
         else:
-            missing.append((str(p), "no such file or folder"))
-    return files, missing, any_folder
+            skipped.append((str(p), "no such file or folder"))
+    return files, skipped, any_folder, n_excluded
 
 
 def _unique_stem(stem: str, used: set) -> str:
@@ -175,6 +217,20 @@ def _unique_stem(stem: str, used: set) -> str:
         name = f"{stem}-{n}"
     used.add(name)
     return name
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,11 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (trained or converted)")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--npy", action="store_true", help="also write <stem>.npy, float32 H x W probabilities")
-    parser.add_argument("--tile", type=int, default=None,
+    parser.add_argument("--tile", type=_positive_int, default=None,
                         help="tile every image with this interior size in pixels (default: tile only "
                         f"images above --max_untiled_pixels, at {tiled.DEFAULT_TILE})")
-    parser.add_argument("--max_untiled_pixels", type=int, default=DEFAULT_MAX_UNTILED_PIXELS,
-                        help="larger images are processed tile by tile (default %(default)s)")
+    parser.add_argument("--max_untiled_pixels", type=_nonnegative_int, default=DEFAULT_MAX_UNTILED_PIXELS,
+                        help="larger images are processed tile by tile, and so are smaller ones whose "
+                        "whole-image pass would not fit the free memory (default %(default)s)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="computation dtype of the convolutions")
     parser.add_argument("--max_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
@@ -201,13 +258,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a folder for the outputs")
     out.mkdir(parents=True, exist_ok=True)
-    files, skipped, any_folder = collect_inputs(args.inputs, exclude=out)
+    files, skipped, any_folder, n_excluded = collect_inputs(args.inputs, exclude=out)
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    if n_excluded:
+        print(f"{n_excluded} image(s) left out because they lie in the output folder {out} (earlier outputs are "
+              "never inputs)", file=sys.stderr)
     if not files:
-        print("no image to process", file=sys.stderr)
+        if n_excluded:
+            print(f"no image to process: every image found lies in the output folder {out}; give another --out",
+                  file=sys.stderr)
+        else:
+            print("no image to process", file=sys.stderr)
         _write_skipped(out, skipped)
         return 1
     from mantra_jax.train.checkpoint import CheckpointError
@@ -217,8 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.checkpoint, dtype=args.dtype, tile=args.tile, max_untiled_pixels=args.max_untiled_pixels
         )
     except (CheckpointError, ValueError) as e:
-        print(f"error: cannot use the checkpoint {args.checkpoint}: {e}", file=sys.stderr)
-        return 2
+        raise UserError(f"cannot use the checkpoint {args.checkpoint}: {e}") from e
     progress = ProgressLine(len(files), "predict", min_interval_s=0.0) if any_folder or len(files) > 1 else None
     used_stems: set = set()
     processed = 0
@@ -241,7 +314,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 write_png(out / f"{stem}_overlay.png", overlay_image(rgb, prob))
                 if args.npy:
                     np.save(out / f"{stem}.npy", prob.astype(np.float32), allow_pickle=False)
-                summary.writerow([str(path), prob.shape[0], prob.shape[1], f"{image_score(prob):.6f}", f"{seconds:.3f}"])
+                note = images.file_frames_note(path)
+                if note:
+                    (progress.message if progress is not None else lambda t: print(t, file=sys.stderr))(
+                        f"note {path}: {note}")
+                summary.writerow([str(path), stem, prob.shape[0], prob.shape[1], f"{image_score(prob):.6f}",
+                                  f"{seconds:.3f}", note])
                 summary_file.flush()
                 processed += 1
             if progress is not None:

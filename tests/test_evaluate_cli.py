@@ -172,3 +172,88 @@ def test_command_line_recomputes_from_stats(bench, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--out={tmp_path / 'x'}"],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "--checkpoint" in missing.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# User errors: one line, no traceback; Orbax quiet; first frames noted
+# --------------------------------------------------------------------------------------------
+def _flags(*args):
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    fv(["evaluate", *args])
+    return fv
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A tiny checkpoint, an IMC one, one whose configuration and weights disagree, an empty folder."""
+    import jax
+
+    from mantra_jax.nn import config, model
+    from mantra_jax.train import checkpoint
+
+    root = tmp_path_factory.mktemp("ckpts")
+    tiny = config.make_config(width_scale=0.125, windows=(7, 15))
+    wider = config.make_config(width_scale=0.25, windows=(7, 15))
+    imc = tiny.replace(head="imc", num_classes=5)
+    for name, cfg in (("tiny", tiny), ("imc", imc), ("mixed", wider)):
+        checkpoint.save_model(root / name, cfg, jax.tree.map(np.asarray, model.init(jax.random.key(0), cfg)))
+    checkpoint.write_model_config(root / "mixed", tiny)  # the weights stay those of width 0.25
+    (root / "empty").mkdir()
+    return root
+
+
+def test_user_errors_name_the_problem(bench, tmp_path, checkpoints):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("keep me")
+    good = [f"--images={bench / 'images'}", f"--masks={bench / 'masks'}", f"--out={tmp_path / 'out'}"]
+    cases = {
+        "masks folder .*empty holds no files": [f"--checkpoint={checkpoints / 'tiny'}", f"--images={bench / 'images'}",
+                                                f"--masks={tmp_path / 'empty'}", f"--out={tmp_path / 'out'}"],
+        "masks folder .*nowhere does not exist": [f"--checkpoint={checkpoints / 'tiny'}",
+                                                  f"--images={bench / 'images'}", f"--masks={tmp_path / 'nowhere'}",
+                                                  f"--out={tmp_path / 'out'}"],
+        "cannot use the checkpoint .*empty: .*not a mantra_jax checkpoint": [f"--checkpoint={checkpoints / 'empty'}",
+                                                                             *good],
+        "cannot use the checkpoint .*imc: .*'imc' head": [f"--checkpoint={checkpoints / 'imc'}", *good],
+        "cannot use the checkpoint .*mixed: ": [f"--checkpoint={checkpoints / 'mixed'}", *good],
+        "--out .*a_file is a file, not a folder": [f"--checkpoint={checkpoints / 'tiny'}", *good[:2],
+                                                   f"--out={tmp_path / 'a_file'}"],
+        "--from_stats .*nowhere is not a folder": [f"--from_stats={tmp_path / 'nowhere'}", f"--out={tmp_path / 'o'}"],
+        "stats.npz does not exist": [f"--from_stats={tmp_path / 'empty'}", f"--out={tmp_path / 'o'}"],
+    }
+    for message, args in cases.items():
+        with pytest.raises(evaluate.UserError, match=message):
+            evaluate.evaluate_from_flags(_flags(*args))
+    assert (tmp_path / "a_file").read_text() == "keep me" and not (tmp_path / "out").exists()
+
+
+def test_command_line_user_error_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--from_stats={tmp_path / 'nowhere'}",
+                             f"--out={tmp_path / 'x'}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: --from_stats {tmp_path / 'nowhere'} is not a folder: give the output folder of an earlier run"]
+
+
+def test_command_line_run_is_quiet_and_notes_first_frames(bench, tmp_path, checkpoints):
+    from PIL import Image
+
+    rgb = cv2.cvtColor(cv2.imread(str(bench / "images" / "img0.png")), cv2.COLOR_BGR2RGB)
+    frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+    (bench / "images" / "img0.png").unlink()
+    frames[0].save(bench / "images" / "img0.tif", save_all=True, append_images=frames[1:])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "experiments.evaluate", f"--checkpoint={checkpoints / 'tiny'}",
+               f"--images={bench / 'images'}", f"--masks={bench / 'masks'}", f"--out={out}", "--n_panels=0"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "orbax" not in result.stderr.lower(), result.stderr
+    assert len(result.stderr.splitlines()) < 10
+    report = json.loads((out / "report.json").read_text())
+    note = "multi-page TIFF: first of 2 pages read"
+    assert report["notes"] == [{"path": str(bench / "images" / "img0.tif"), "note": note}]
+    with open(out / "per_image.csv", newline="") as f:
+        assert {row["name"]: row["note"] for row in csv.DictReader(f)} == {f"img{i}": note if i == 0 else ""
+                                                                           for i in range(5)}
+    assert note in (out / "report.md").read_text()

@@ -249,3 +249,97 @@ def test_summarize_rejects_mixed_bin_counts():
     mask = _rect_mask()
     with pytest.raises(ValueError, match="bin counts"):
         pm.summarize([pm.image_stats(mask * 1.0, mask, bins=64), pm.image_stats(mask * 1.0, mask, bins=128)])
+
+
+# --------------------------------------------------------------------------------------------
+# Every AUC exact; the negation rule applied to exactly the images reported
+# --------------------------------------------------------------------------------------------
+def _rank_auc(scores, labels):
+    """Reference: the Mann-Whitney U from tie-averaged ranks, computed directly with numpy."""
+    scores = np.asarray(scores, np.float64).ravel()
+    labels = np.asarray(labels).ravel() != 0
+    values, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    first_rank = np.cumsum(counts) - counts + 1  # 1-based rank of each distinct value's first copy
+    ranks = (first_rank + (counts - 1) / 2.0)[inverse.ravel()]
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _weak_maps(concentrated: bool, seed: int, shape=(48, 64)):
+    """(probability, mask) pairs shaped like a weak model's: spread over [0.04, 0.56], or with half
+    the pixels within 2e-4 of 0.158 (one histogram bin), forged pixels slightly higher."""
+    rng = np.random.default_rng(seed)
+    maps = []
+    for forged_share in (0.15, 0.3, 0.7, 1.0):  # the last two are negated, the last has no own AUC
+        mask = (rng.random(shape) < forged_share).astype(np.uint8)
+        if concentrated:
+            prob = 0.158 + rng.uniform(-2e-4, 2e-4, shape) + 3e-5 * mask
+            spread = rng.random(shape) < 0.5
+            prob[spread] = rng.uniform(0.04, 0.56, spread.sum())
+        else:
+            prob = np.clip(rng.uniform(0.04, 0.56, shape) + 0.05 * mask, 0, 1)
+        maps.append((prob.astype(np.float32), mask))
+    return maps
+
+
+@pytest.mark.parametrize("concentrated", [True, False])
+def test_every_auc_equals_the_exact_rank_auc(concentrated, tmp_path):
+    maps = _weak_maps(concentrated, seed=11)
+    stats = [pm.image_stats(p, m, name=f"im{i}") for i, (p, m) in enumerate(maps)]
+    authentic = [pm.image_stats(np.full((8, 8), 0.158, np.float32) + 1e-5 * i, None, name=f"au{i}") for i in range(3)]
+    pm.save_stats(tmp_path / "stats.npz", stats)  # what --from_stats reads back
+    for loaded in (stats, pm.load_stats(tmp_path / "stats.npz")):
+        summary = pm.summarize(loaded, authentic=authentic)
+        maps_masks = [m for _, m in maps]
+        flipped = [1.0 - p.astype(np.float64) if m.mean() > 0.5 else p for p, m in maps]
+        per_image = [_rank_auc(f, m) for f, m in zip(flipped, maps_masks) if 0 < m.mean() < 1]
+        assert summary["pixel_auc_mean"] == pytest.approx(np.mean(per_image), abs=1e-12)
+        pooled = _rank_auc(np.concatenate([f.ravel() for f in flipped]), np.concatenate([m.ravel() for m in maps_masks]))
+        assert summary["pixel_auc_pooled"] == pytest.approx(pooled, abs=1e-12)
+        scores = [float(np.mean(p, dtype=np.float64)) for p, _ in maps] + [a.score_mean for a in authentic]
+        assert summary["image_auc"] == pytest.approx(_rank_auc(scores, [1] * 4 + [0] * 3), abs=1e-12)
+        assert summary["auc_error_bound"] == {"pixel_auc_mean": 0.0, "pixel_auc_pooled": 0.0, "image_auc": 0.0}
+    if concentrated:  # what the 1,024-bin histogram gave: beyond 1e-4, and its bound says so
+        binned = pm.summarize([pm.ImageStats(s.name, s.hist_forged, s.hist_pristine, s.score_mean, s.score_max,
+                                             s.height, s.width) for s in stats])
+        assert abs(binned["pixel_auc_pooled"] - pooled) > 1e-4
+        assert binned["auc_error_bound"]["pixel_auc_pooled"] >= abs(binned["pixel_auc_pooled"] - pooled)
+
+
+def test_the_pooled_auc_flips_exactly_the_images_reported_negated():
+    """A 100 %-forged image has no AUC of its own; the pooled AUC flipped it while the report said
+    n_negated 0 and negated False. Each metric must equal the exact AUC with exactly the images it
+    reports as negated flipped."""
+    maps = _weak_maps(False, seed=12)
+    stats = [pm.image_stats(p, m, name=f"im{i}") for i, (p, m) in enumerate(maps)]
+    for negate_rule in (True, False):
+        summary = pm.summarize(stats, negate_rule=negate_rule)
+        rows = [pm.image_metrics(s, negate_rule=negate_rule) for s in stats]
+        reported = {r["name"] for r in rows if r["negated"]}
+        assert summary["n_negated"] == len(reported)
+        flipped = [1.0 - p.astype(np.float64) if f"im{i}" in reported else p for i, (p, _) in enumerate(maps)]
+        pooled = _rank_auc(np.concatenate([f.ravel() for f in flipped]), np.concatenate([m.ravel() for _, m in maps]))
+        assert summary["pixel_auc_pooled"] == pytest.approx(pooled, abs=1e-4)  # 1e-4: the old histograms pass
+        assert summary["pixel_auc_pooled"] == pytest.approx(pooled, abs=1e-12)
+        assert set(summary["negated_images"]["pixel_auc_pooled"]) == reported
+        assert set(summary["negated_images"]["pixel_auc_mean"]) == {r["name"] for r in rows
+                                                                    if r["negated"] and r["auc"] is not None}
+        for row, f, (_, m) in zip(rows, flipped, maps):
+            assert row["auc"] == (pytest.approx(_rank_auc(f, m), abs=1e-12) if 0 < m.mean() < 1 else None)
+    assert summary["n_negated"] == 0  # negate_rule False
+    assert pm.summarize(stats)["negated_images"]["pixel_auc_pooled"] == ["im2", "im3"]
+
+
+def test_statistics_without_distinct_values_still_load_with_a_stated_bound(tmp_path):
+    maps = _weak_maps(False, seed=13)
+    stats = [pm.image_stats(p, m, name=f"im{i}") for i, (p, m) in enumerate(maps)]
+    np.savez(tmp_path / "old.npz", names=np.array([s.name for s in stats]),  # the format before exact AUCs
+             hist_forged=np.stack([s.hist_forged for s in stats]), hist_pristine=np.stack([s.hist_pristine for s in stats]),
+             score_mean=np.array([s.score_mean for s in stats]), score_max=np.array([s.score_max for s in stats]),
+             height=np.array([s.height for s in stats]), width=np.array([s.width for s in stats]))
+    old = pm.load_stats(tmp_path / "old.npz")
+    assert not any(s.exact for s in old)
+    exact, binned = pm.summarize(stats), pm.summarize(old)
+    for key in ("pixel_auc_mean", "pixel_auc_pooled"):
+        bound = binned["auc_error_bound"][key]
+        assert 0 < bound and abs(binned[key] - exact[key]) <= bound

@@ -1,5 +1,6 @@
 """Inference from Python and from the command line, on a tiny random-weight checkpoint."""
 import csv
+from pathlib import Path
 
 import cv2
 import jax
@@ -79,6 +80,39 @@ def test_tiling_switches_on_above_the_pixel_limit(ckpt, monkeypatch):
     assert calls == [tiled.DEFAULT_TILE, 16]
     predict.Predictor(cfg, variables, max_untiled_pixels=70 * 90).predict(rgb)
     assert len(calls) == 2  # at the limit: one whole-image pass
+
+
+def test_whole_image_or_tiled_follows_xla_memory_analysis_against_the_budget(ckpt, monkeypatch):
+    calls = []
+    real = tiled.tiled_probabilities
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["tile"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiled, "tiled_probabilities", spy)
+    cfg, variables = checkpoint.load_model(ckpt)
+    rgb = _photo((70, 90), seed=2)
+    program, needed = tiled.whole_image_program(variables, 70, 90, cfg)
+    assert program is not None and needed > 70 * 90 * 4  # at least the float32 map itself
+    whole = tiled.whole_image_probabilities(variables, rgb, cfg)
+    # A budget the program does not fit: tiled, whatever the pixel limit says (even the user's override).
+    small = predict.Predictor(cfg, variables, max_untiled_pixels=10**9, memory_budget_bytes=needed)
+    assert small.is_tiled(70, 90)
+    np.testing.assert_allclose(small.predict(rgb), whole, atol=1e-4)
+    assert calls == [tiled.DEFAULT_TILE]
+    roomy = predict.Predictor(cfg, variables, memory_budget_bytes=4 * needed)
+    assert not roomy.is_tiled(70, 90)
+    np.testing.assert_array_equal(roomy.predict(rgb), whole)
+    assert len(calls) == 1
+    # Without a budget given, the device's free memory decides (faked small here).
+    monkeypatch.setattr(tiled, "available_memory_bytes", lambda device=None: needed // 2)
+    assert predict.Predictor(cfg, variables).is_tiled(70, 90)
+
+
+def test_available_memory_is_known_on_this_host():
+    free = tiled.available_memory_bytes()
+    assert free is not None and free > 0
 
 
 def test_imc_checkpoint_and_bad_options_are_refused():
@@ -176,3 +210,70 @@ def test_module_entry_point_runs():
     root = pathlib.Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-m", "mantra_jax.predict", "--help"], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0 and "--checkpoint" in done.stdout and "--npy" in done.stdout
+
+
+def _cli(args, capsys):
+    status = predict.main(args)
+    return status, capsys.readouterr().err
+
+
+def test_cli_user_errors_are_one_line_without_traceback(folder, ckpt, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    status, err = _cli(["--checkpoint", str(ckpt), "--out", str(a_file), str(folder / "colour.png")], capsys)
+    assert status == 2 and err.strip() == f"error: --out {a_file} is a file, not a folder: give a folder for the outputs"
+    assert a_file.read_text() == "not a folder"
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--tile", "0", str(folder / "colour.png")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --tile: must be a positive number of pixels, got 0" in err
+    assert "checkpoint" not in err.splitlines()[-1]
+
+
+def test_cli_says_the_images_lie_in_the_output_folder(ckpt, tmp_path, capsys):
+    _write(tmp_path / "photo.png", _photo()[..., ::-1])
+    status, err = _cli(["--checkpoint", str(ckpt), "--out", str(tmp_path), str(tmp_path)], capsys)
+    assert status == 1
+    assert "1 image(s) left out because they lie in the output folder" in err
+    assert "every image found lies in the output folder" in err and "another --out" in err
+
+
+def test_cli_skips_a_symbolic_link_loop_and_processes_the_rest(ckpt, tmp_path, capsys):
+    images_dir = tmp_path / "in"
+    images_dir.mkdir()
+    _write(images_dir / "photo.png", _photo()[..., ::-1])
+    (images_dir / "loop1.png").symlink_to("loop2.png")
+    (images_dir / "loop2.png").symlink_to("loop1.png")
+    out = tmp_path / "out"
+    status, err = _cli(["--checkpoint", str(ckpt), "--out", str(out), str(images_dir), str(images_dir / "loop1.png")],
+                       capsys)
+    assert status == 0 and "Traceback" not in err
+    with open(out / "summary.csv", newline="") as f:
+        assert [r["output"] for r in csv.DictReader(f)] == ["photo"]
+    with open(out / "skipped.csv", newline="") as f:
+        skipped = {row["file"]: row["error"] for row in csv.DictReader(f)}
+    assert set(skipped) == {str(images_dir / "loop1.png"), str(images_dir / "loop2.png")}
+    assert all("symbolic link loop" in reason for reason in skipped.values())
+
+
+def test_cli_names_outputs_and_notes_first_frames(ckpt, tmp_path, capsys):
+    from PIL import Image
+
+    frames = [Image.fromarray(_photo(seed=s)) for s in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "single.tif")
+    (tmp_path / "sub").mkdir()
+    frames[0].save(tmp_path / "sub" / "single.png")
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / n) for n in ("anim.gif", "pages.tif", "single.tif", "sub/single.png")]
+    status, err = _cli(["--checkpoint", str(ckpt), "--out", str(out), *inputs], capsys)
+    assert status == 0
+    with open(out / "summary.csv", newline="") as f:
+        rows = {Path(r["file"]).name: r for r in csv.DictReader(f)}
+    assert rows["anim.gif"]["note"] == "animated GIF: first of 3 frames read"
+    assert rows["pages.tif"]["note"] == "multi-page TIFF: first of 3 pages read"
+    assert rows["single.tif"]["note"] == "" and rows["single.png"]["note"] == ""
+    assert [rows[n]["output"] for n in ("single.tif", "single.png")] == ["single", "single-2"]
+    assert (out / "single-2_mask.png").exists()
+    assert "first of 3 frames read" in err

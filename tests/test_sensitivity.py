@@ -224,3 +224,28 @@ def test_model_batch_predictor_matches_single_images():
         np.testing.assert_allclose(prob, tiled.whole_image_probabilities(variables, image, cfg), atol=2e-5)
     with pytest.raises(ValueError, match="'imc' head"):
         sensitivity.model_batch_predictor(cfg.replace(head="imc", num_classes=7), variables)
+
+
+def test_scores_are_exact_aucs_on_concentrated_predictions():
+    """A weak model's maps crowd into one 1,024-bin bin; both AUCs must still be exact rank AUCs."""
+    rng = np.random.default_rng(5)
+    masks = [(rng.random((24, 32)) < 0.3).astype(np.uint8) for _ in range(3)]
+    probs = [(0.158 + rng.uniform(-2e-4, 2e-4, m.shape) + 5e-5 * m).astype(np.float32) for m in masks]
+    by_image = iter(probs)
+    items = [("group", np.zeros(m.shape + (3,), np.uint8), m) for m in masks]
+    result = sensitivity.score_stream(items, lambda batch: np.stack([next(by_image) for _ in batch]), batch_size=1)
+
+    def rank_auc(scores, labels):
+        order = np.argsort(scores, kind="stable")
+        ranks = np.empty(scores.size)
+        ranks[order] = np.arange(1, scores.size + 1)
+        for value in np.unique(scores):  # ties: the mean of their ranks
+            ranks[scores == value] = ranks[scores == value].mean()
+        n_pos = labels.sum()
+        return (ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (labels.size - n_pos))
+
+    per_image = [rank_auc(p.ravel().astype(np.float64), m.ravel()) for p, m in zip(probs, masks)]
+    pooled = rank_auc(np.concatenate([p.ravel() for p in probs]).astype(np.float64),
+                      np.concatenate([m.ravel() for m in masks]))
+    assert result["group"]["auc"] == pytest.approx(np.mean(per_image), abs=1e-12)
+    assert result["group"]["auc_pooled"] == pytest.approx(pooled, abs=1e-12)

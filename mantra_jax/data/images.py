@@ -15,7 +15,8 @@ point sees the same conversions:
   checked after decoding.
 
 Every failure raises :class:`ImageReadError`, whose message names the file and the
-problem.
+problem. An animated GIF or a multi-page TIFF is read as its first frame; :func:`frames_note`
+says so, for the entry points to report it.
 """
 
 from __future__ import annotations
@@ -295,3 +296,68 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     if 256 in values and 257 in values:
         return values[257], values[256]
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Files holding several frames
+# --------------------------------------------------------------------------------------------
+_MAX_FRAMES_COUNTED = 100_000
+
+
+def frames_note(data: bytes) -> str:
+    """"" for a single image; for an animated GIF or a multi-page TIFF (read as its first frame),
+    a note saying so, e.g. "multi-page TIFF: first of 3 pages read". Reads the container only."""
+    try:
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            pages = _tiff_pages(data)
+            return f"multi-page TIFF: first of {pages} pages read" if pages > 1 else ""
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            frames = _gif_frames(data)
+            return f"animated GIF: first of {frames} frames read" if frames > 1 else ""
+    except (struct.error, IndexError):
+        return ""
+    return ""
+
+
+def file_frames_note(path: str | os.PathLike) -> str:
+    """:func:`frames_note` of a file ("" when it cannot be read: reading it reports that)."""
+    try:
+        with open(path, "rb") as f:
+            return frames_note(f.read())
+    except OSError:
+        return ""
+
+
+def _tiff_pages(data: bytes) -> int:
+    endian = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(endian + "I", data[4:8])
+    pages, seen = 0, set()
+    while ifd and ifd not in seen and pages < _MAX_FRAMES_COUNTED:
+        seen.add(ifd)
+        pages += 1
+        (count,) = struct.unpack(endian + "H", data[ifd : ifd + 2])
+        (ifd,) = struct.unpack(endian + "I", data[ifd + 2 + 12 * count : ifd + 6 + 12 * count])
+    return pages
+
+
+def _gif_frames(data: bytes) -> int:
+    pos = 13  # header (6) and logical screen descriptor (7)
+    if data[10] & 0x80:  # global colour table
+        pos += 3 << ((data[10] & 7) + 1)
+    frames = 0
+    while pos < len(data) and frames < _MAX_FRAMES_COUNTED:
+        block = data[pos]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x2C:  # image descriptor, optional local colour table, LZW code size
+            frames += 1
+            flags = data[pos + 9]
+            pos += 10 + ((3 << ((flags & 7) + 1)) if flags & 0x80 else 0) + 1
+        elif block == 0x21:  # extension: label, then sub-blocks
+            pos += 2
+        else:
+            break
+        while data[pos]:  # sub-blocks, ended by an empty one
+            pos += data[pos] + 1
+        pos += 1
+    return frames

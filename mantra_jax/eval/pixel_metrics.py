@@ -1,19 +1,32 @@
 """Pixel- and image-level forgery-localisation metrics from stored per-image statistics.
 
-One pass over a benchmark stores, per image, two histograms of the predicted forgery
-likelihood: one over the ground truth's forged pixels and one over its pristine pixels
-(``bins`` uniform bins over [0, 1]), plus the image score (mean and max likelihood) and the
-size. Every metric variant below is recomputed from these without running the model again:
+One pass over a benchmark stores, per image with a mask, the distinct predicted likelihoods
+(sorted) with how many forged and how many pristine pixels hold each; two histograms of the
+likelihood, over the forged and over the pristine pixels (``bins`` uniform bins over [0, 1]);
+the image score (mean and max likelihood) and the size. Every metric variant below is
+recomputed from these without running the model again:
 
-* pixel ROC AUC per image (then averaged) and pooled over all pixels of a set; exact up to
-  ties inside a bin, which count half (the trapezoid rule on the binned ROC curve);
+* pixel ROC AUC per image (then averaged) and pooled over all pixels of a set, both exact:
+  the Mann-Whitney statistic over the distinct values, ties counting half (tie-averaged
+  ranks), the pooled one from a merge of every image's distinct values. There is no binning
+  error whatever the spread of the likelihoods (weak models concentrate them). Cost, measured
+  on a contended 2-core CPU: a megapixel float32 map holds 0.86 to 0.98 million distinct
+  values, takes 0.2 s to sort and 2.0 to 2.5 MB of the compressed stats.npz (20 COVERAGE
+  images, 4.0 megapixels: 9.9 MB); the pooled merge takes 0.2 to 1.3 s per million distinct
+  values of the whole set and about 40 bytes of memory per distinct value;
 * the paper's negation rule (ManTra-Net Table 8, after Huh et al. 2018): when more than 50 %
   of an image's ground-truth pixels are forged, its prediction is negated (p -> 1 - p) before
-  the AUC is taken; on by default, and the number of flipped images is reported;
+  the AUC is taken; on by default. One decision per image serves both AUCs (an image that is
+  100 % forged has no AUC of its own, but is flipped in the pooled AUC), and the report lists,
+  per metric, the images flipped;
 * F1 and IoU at the fixed threshold 0.5, and the best-threshold ("oracle") F1, per image; each
   optionally with prediction inversion, max(F(p), F(1 - p)) per image (the TruFor /
   IMDL-BenCo "double" convention);
 * image-level AUC and balanced accuracy against authentic images.
+
+Statistics written before the distinct values were stored (histograms only) still load; their
+AUCs then come from the histograms, and the report gives the certified bound on the binning
+error: half the share of (forged, pristine) pixel pairs that fall in one bin.
 
 Threshold convention: a pixel is predicted forged when ``p >= t``. The bin edges are k / bins
 with ``bins`` a power of two, so 0.5 is an edge and ``floor(p * bins)`` is exact in binary
@@ -39,6 +52,10 @@ FIXED_THRESHOLD = 0.5
 # and is reported rather than clipped away.
 _RANGE_TOLERANCE = 1e-5
 _STATS_KEYS = ("names", "hist_forged", "hist_pristine", "score_mean", "score_max", "height", "width")
+# The distinct values of every image, concatenated, image i's being [offsets[i], offsets[i + 1]);
+# absent from files written before they were stored, and for images without them (authentic)
+# an empty range flagged False in has_values.
+_VALUE_KEYS = ("has_values", "value_offsets", "values", "value_forged", "value_pristine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +69,12 @@ class ImageStats:
     score_max: float
     height: int
     width: int
+    # The distinct likelihoods of the image, increasing, and how many forged and how many
+    # pristine pixels hold each: the exact AUCs' input. None for authentic images and for
+    # statistics written before they were stored.
+    values: np.ndarray | None = None  # float64[n]
+    value_forged: np.ndarray | None = None  # int64[n]
+    value_pristine: np.ndarray | None = None  # int64[n]
 
     @property
     def bins(self) -> int:
@@ -69,6 +92,15 @@ class ImageStats:
     def forged_fraction(self) -> float:
         total = self.n_forged + self.n_pristine
         return self.n_forged / total if total else 0.0
+
+    @property
+    def exact(self) -> bool:
+        """Whether the distinct values are stored, so that the AUCs are exact."""
+        return self.values is not None
+
+    def negated_by_rule(self, negate_rule: bool) -> bool:
+        """The negation rule's one decision for this image, which every AUC follows."""
+        return bool(negate_rule and self.forged_fraction > 0.5)
 
 
 def check_bins(bins: int) -> int:
@@ -107,6 +139,12 @@ def image_stats(prob_HxW: np.ndarray, mask_HxW: np.ndarray | None, *, bins: int 
     bin_index = np.minimum(np.floor(prob * bins).astype(np.int64), bins - 1)
     forged = np.zeros(prob.shape, np.int64) if mask_HxW is None else (np.asarray(mask_HxW) != 0).astype(np.int64)
     counts = np.bincount((bin_index + bins * forged).ravel(), minlength=2 * bins).astype(np.int64)
+    exact = {}
+    if mask_HxW is not None:  # authentic images enter no pixel AUC
+        values, inverse = np.unique(prob.ravel(), return_inverse=True)
+        n = values.size
+        per_value = np.bincount(inverse.ravel() + n * forged.ravel(), minlength=2 * n).astype(np.int64)
+        exact = {"values": values, "value_forged": per_value[n:], "value_pristine": per_value[:n]}
     return ImageStats(
         name=name,
         hist_forged=counts[bins:],
@@ -115,6 +153,7 @@ def image_stats(prob_HxW: np.ndarray, mask_HxW: np.ndarray | None, *, bins: int 
         score_max=float(prob.max()),
         height=int(prob.shape[0]),
         width=int(prob.shape[1]),
+        **exact,
     )
 
 
@@ -134,6 +173,58 @@ def histogram_auc(hist_pos: np.ndarray, hist_neg: np.ndarray) -> float | None:
         return None
     neg_below = np.cumsum(neg) - neg
     return float(np.dot(pos, neg_below + 0.5 * neg) / (n_pos * n_neg))
+
+
+def histogram_auc_bound(hist_pos: np.ndarray, hist_neg: np.ndarray) -> float | None:
+    """The most by which :func:`histogram_auc` can differ from the exact AUC of the binned scores:
+    half the share of (positive, negative) pairs that share a bin (their order inside the bin
+    is unknown and counted half). 0 when every bin holds one distinct score."""
+    pos = np.asarray(hist_pos, np.float64)
+    neg = np.asarray(hist_neg, np.float64)
+    if pos.sum() == 0 or neg.sum() == 0:
+        return None
+    return float(0.5 * np.dot(pos, neg) / (pos.sum() * neg.sum()))
+
+
+def _image_auc(stats: ImageStats, negated: bool) -> tuple[float | None, float | None]:
+    """(AUC, bound on its error) of one image: exact from the distinct values when stored."""
+    if stats.exact:
+        pos, neg, bound = stats.value_forged, stats.value_pristine, 0.0
+    else:
+        pos, neg = stats.hist_forged, stats.hist_pristine
+        bound = histogram_auc_bound(pos, neg)
+    # p -> 1 - p reverses the order of the values (of the bins: bin i becomes bins - 1 - i).
+    auc = histogram_auc(pos[::-1], neg[::-1]) if negated else histogram_auc(pos, neg)
+    return auc, (bound if auc is not None else None)
+
+
+def pooled_auc(stats: Sequence[ImageStats], negate_rule: bool = True) -> tuple[float | None, float | None]:
+    """(AUC over every pixel of every image, bound on its error), each image negated when the
+    rule says so. Exact when every image stores its distinct values: they are merged (a flipped
+    image contributes 1 - v, in float64), equal values pooled, and the Mann-Whitney statistic
+    taken over the result; otherwise the sum of the histograms, with its bound."""
+    if not stats:
+        return None, None
+    if all(s.exact for s in stats):
+        values, pos, neg = [], [], []
+        for s in stats:
+            flip = s.negated_by_rule(negate_rule)
+            values.append(1.0 - s.values[::-1] if flip else s.values)
+            pos.append(s.value_forged[::-1] if flip else s.value_forged)
+            neg.append(s.value_pristine[::-1] if flip else s.value_pristine)
+        merged, inverse = np.unique(np.concatenate(values), return_inverse=True)
+        inverse = inverse.ravel()
+        pooled_pos = np.bincount(inverse, np.concatenate(pos), minlength=merged.size)
+        pooled_neg = np.bincount(inverse, np.concatenate(neg), minlength=merged.size)
+        auc = histogram_auc(pooled_pos, pooled_neg)
+        return auc, (0.0 if auc is not None else None)
+    pooled_pos = np.zeros(stats[0].bins, np.int64)
+    pooled_neg = np.zeros(stats[0].bins, np.int64)
+    for s in stats:
+        flip = s.negated_by_rule(negate_rule)
+        pooled_pos += s.hist_forged[::-1] if flip else s.hist_forged
+        pooled_neg += s.hist_pristine[::-1] if flip else s.hist_pristine
+    return histogram_auc(pooled_pos, pooled_neg), histogram_auc_bound(pooled_pos, pooled_neg)
 
 
 def _confusion_at_all_thresholds(hist_pos: np.ndarray, hist_neg: np.ndarray):
@@ -165,7 +256,9 @@ def image_metrics(stats: ImageStats, *, negate_rule: bool = True, invert: bool =
     """One image's metrics, a report row.
 
     ``auc`` is None when the mask has no forged or no pristine pixel; ``negated`` says whether
-    the negation rule flipped the prediction for the AUC. The F1/IoU entries are None for a
+    the negation rule flipped the prediction for the AUCs (its own, when defined, and its share
+    of the pooled one; never for F1 or IoU). The AUC is exact when the statistics hold the
+    distinct values (see :func:`_image_auc` otherwise). The F1/IoU entries are None for a
     mask without forged pixels. With ``invert`` each of F1@0.5, IoU@0.5 and best F1 is the max
     over p and 1 - p, and ``inverted`` says whether 1 - p won at the fixed threshold; the best
     threshold is then reported on the flipped map's scale. Flipping reverses the bins, so the
@@ -173,9 +266,8 @@ def image_metrics(stats: ImageStats, *, negate_rule: bool = True, invert: bool =
     exactly is forged in the original orientation and pristine in the flipped one.
     """
     pos, neg = stats.hist_forged, stats.hist_pristine
-    negated = bool(negate_rule and stats.forged_fraction > 0.5)
-    # p -> 1 - p maps bin i to bin (bins - 1 - i): a reversed histogram.
-    auc = histogram_auc(pos[::-1], neg[::-1]) if negated else histogram_auc(pos, neg)
+    negated = stats.negated_by_rule(negate_rule)
+    auc, _ = _image_auc(stats, negated)
     row = {
         "name": stats.name,
         "height": stats.height,
@@ -184,7 +276,7 @@ def image_metrics(stats: ImageStats, *, negate_rule: bool = True, invert: bool =
         "image_score_mean": stats.score_mean,
         "image_score_max": stats.score_max,
         "auc": auc,
-        "negated": negated and auc is not None,
+        "negated": negated,
         "f1_at_0.5": None,
         "iou_at_0.5": None,
         "f1_best": None,
@@ -277,13 +369,16 @@ def summarize(stats: Sequence[ImageStats], *, negate_rule: bool = True, invert: 
     Args:
       stats: per-image statistics of the images that have a ground-truth mask.
       negate_rule: the paper's rule, negate an image's prediction for the AUC when its ground
-        truth is more than 50 % forged; the pooled AUC uses the same flipped histograms.
+        truth is more than 50 % forged; the pooled AUC flips exactly the same images, listed
+        per metric under ``negated_images``.
       invert: per-image max over p and 1 - p for F1 and IoU.
       authentic: statistics (or bare image scores) of authentic images. Given, the summary adds
         ``image_auc`` and balanced accuracies, the forged images' scores being the positives.
       image_score: "mean" (the paper's, mean likelihood) or "max" likelihood as image score.
 
-    Returns a JSON-ready dict; undefined values are None. Balanced accuracy is reported at the
+    Returns a JSON-ready dict; undefined values are None. ``auc_error_bound`` gives, per AUC,
+    the most it can differ from the exact value: 0 (exact) unless older statistics without the
+    distinct values were loaded. Balanced accuracy is reported at the
     fixed image-score threshold 0.5 and at the best threshold (an oracle, with the threshold).
     """
     if image_score not in ("mean", "max"):
@@ -292,21 +387,13 @@ def summarize(stats: Sequence[ImageStats], *, negate_rule: bool = True, invert: 
     if len(bin_counts) > 1:
         raise ValueError(f"statistics were stored with different bin counts: {sorted(bin_counts)}")
     rows = [image_metrics(s, negate_rule=negate_rule, invert=invert) for s in stats]
-
-    pooled_auc = None
-    if stats:
-        pooled_pos = np.zeros(stats[0].bins, np.int64)
-        pooled_neg = np.zeros(stats[0].bins, np.int64)
-        for s in stats:
-            flip = negate_rule and s.forged_fraction > 0.5
-            pooled_pos += s.hist_forged[::-1] if flip else s.hist_forged
-            pooled_neg += s.hist_pristine[::-1] if flip else s.hist_pristine
-        pooled_auc = histogram_auc(pooled_pos, pooled_neg)
+    pooled, pooled_bound = pooled_auc(stats, negate_rule)
+    per_image_bounds = [_image_auc(s, r["negated"])[1] for s, r in zip(stats, rows)]
 
     summary = {
         "n_images": len(stats),
         "pixel_auc_mean": _mean(r["auc"] for r in rows),
-        "pixel_auc_pooled": pooled_auc,
+        "pixel_auc_pooled": pooled,
         "f1_at_0.5_mean": _mean(r["f1_at_0.5"] for r in rows),
         "f1_best_mean": _mean(r["f1_best"] for r in rows),
         "iou_at_0.5_mean": _mean(r["iou_at_0.5"] for r in rows),
@@ -316,12 +403,25 @@ def summarize(stats: Sequence[ImageStats], *, negate_rule: bool = True, invert: 
         "n_f1_scored": sum(r["f1_at_0.5"] is not None for r in rows),
         "negate_rule": bool(negate_rule),
         "n_negated": sum(r["negated"] for r in rows),
+        # The rule's one decision per image, as each metric applied it: the per-image mean
+        # only holds images with an AUC, the pooled AUC every image flipped.
+        "negated_images": {
+            "pixel_auc_mean": [r["name"] for r in rows if r["negated"] and r["auc"] is not None],
+            "pixel_auc_pooled": [r["name"] for r in rows if r["negated"]],
+        },
         "invert_predictions": bool(invert),
         "n_inverted_at_0.5": sum(r["inverted"] for r in rows),
         "bins": next(iter(bin_counts)) if bin_counts else None,
+        "auc_error_bound": {
+            "pixel_auc_mean": _mean(per_image_bounds),  # the mean of bounds bounds the mean's error
+            "pixel_auc_pooled": pooled_bound,
+            "image_auc": 0.0 if authentic is not None else None,
+        },
         "threshold_rule": "a pixel is predicted forged when p >= threshold",
-        "auc_policy": "per-image AUC left out (never scored 0) when a mask has no forged or no pristine "
-                      "pixel; the pooled AUC sums every image's histograms",
+        "auc_policy": "every AUC is exact (Mann-Whitney over the distinct likelihoods, ties counting half) "
+                      "unless auc_error_bound says otherwise; per-image AUC left out (never scored 0) when a "
+                      "mask has no forged or no pristine pixel; the pooled AUC merges every image's pixels, "
+                      "each image negated or not as negated_images says",
         "f1_policy": "masks without forged pixels are left out of the per-image F1 and IoU means",
     }
     if authentic is not None:
@@ -351,12 +451,18 @@ def summarize(stats: Sequence[ImageStats], *, negate_rule: bool = True, invert: 
 # Storage: .npz of plain arrays, loaded without pickle
 # --------------------------------------------------------------------------------------------
 def save_stats(path: str | Path, stats: Sequence[ImageStats], *, bins: int = DEFAULT_BINS) -> None:
-    """Writes per-image statistics to ``path`` (.npz); ``bins`` only shapes an empty file."""
+    """Writes per-image statistics to ``path`` (.npz of plain arrays); ``bins`` only shapes an
+    empty file."""
     if stats:
         bins = stats[0].bins
         if any(s.bins != bins for s in stats):
             raise ValueError(f"{path}: cannot store statistics with different bin counts in one file")
     empty_hist = np.zeros((0, bins), np.int64)
+
+    def ragged(field, dtype):
+        parts = [getattr(s, field) for s in stats if s.exact]
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
     np.savez_compressed(
         path,
         names=np.array([s.name for s in stats], dtype=np.str_).reshape(-1),
@@ -366,6 +472,11 @@ def save_stats(path: str | Path, stats: Sequence[ImageStats], *, bins: int = DEF
         score_max=np.array([s.score_max for s in stats], np.float64),
         height=np.array([s.height for s in stats], np.int64),
         width=np.array([s.width for s in stats], np.int64),
+        has_values=np.array([s.exact for s in stats], np.bool_),
+        value_offsets=np.cumsum([0] + [s.values.size if s.exact else 0 for s in stats]).astype(np.int64),
+        values=ragged("values", np.float64),
+        value_forged=ragged("value_forged", np.int64),
+        value_pristine=ragged("value_pristine", np.int64),
     )
 
 
@@ -376,6 +487,15 @@ def load_stats(path: str | Path) -> list[ImageStats]:
         if missing:
             raise ValueError(f"{path}: not a statistics file written by save_stats (missing {missing})")
         arrays = {k: data[k] for k in _STATS_KEYS}
+        ragged = {k: data[k] for k in _VALUE_KEYS} if all(k in data.files for k in _VALUE_KEYS) else None
+
+    def exact(i):
+        if ragged is None or not ragged["has_values"][i]:
+            return {}
+        lo, hi = ragged["value_offsets"][i], ragged["value_offsets"][i + 1]
+        return {k: ragged[k][lo:hi].astype(np.float64 if k == "values" else np.int64)
+                for k in ("values", "value_forged", "value_pristine")}
+
     return [
         ImageStats(
             name=str(arrays["names"][i]),
@@ -385,6 +505,7 @@ def load_stats(path: str | Path) -> list[ImageStats]:
             score_max=float(arrays["score_max"][i]),
             height=int(arrays["height"][i]),
             width=int(arrays["width"][i]),
+            **exact(i),
         )
         for i in range(arrays["names"].shape[0])
     ]

@@ -24,12 +24,13 @@ COUNT_KEYS = (
     "n_auc_undefined", "n_empty_masks", "n_f1_scored", "n_negated", "n_inverted_at_0.5",
 )
 CONVENTION_KEYS = (
-    "negate_rule", "invert_predictions", "threshold_rule", "bins", "image_score", "auc_policy", "f1_policy",
-    "authentic_pixel_policy",
+    "negate_rule", "invert_predictions", "threshold_rule", "bins", "image_score", "auc_error_bound", "auc_policy",
+    "f1_policy", "authentic_pixel_policy",
 )
+_MAX_LISTED = 20  # names per line in report.md; report.json lists them all
 PER_IMAGE_COLUMNS = (
     "name", "auc", "negated", "f1_at_0.5", "iou_at_0.5", "f1_best", "best_threshold", "inverted",
-    "forged_fraction", "image_score_mean", "image_score_max", "height", "width", "image", "mask",
+    "forged_fraction", "image_score_mean", "image_score_max", "height", "width", "image", "mask", "note",
 )
 
 
@@ -55,6 +56,8 @@ def _format(value) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4f}"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {_format(v) if not isinstance(v, float) else f'{v:.2g}'}" for k, v in value.items())
     return str(value)
 
 
@@ -67,6 +70,16 @@ def markdown_report(summary: Mapping, skipped: Sequence[Mapping] = ()) -> str:
     lines += [f"| {key} | {_format(summary[key])} |" for key in COUNT_KEYS if key in summary]
     lines += ["", "| convention | value |", "|---|---|"]
     lines += [f"| {key} | {_format(summary[key])} |" for key in CONVENTION_KEYS if key in summary]
+    negated = summary.get("negated_images")
+    if negated:
+        lines += ["", "| images negated by the rule, for | images |", "|---|---|"]
+        for metric, names in negated.items():
+            listed = ", ".join(names[:_MAX_LISTED]) + (f" ... ({len(names)} in all)" if len(names) > _MAX_LISTED else "")
+            lines.append(f"| {metric} | {listed or 'none'} |")
+    notes = summary.get("notes")
+    if notes:
+        lines += ["", "| note | file |", "|---|---|"]
+        lines += [f"| {n['note']} | {n['path']} |" for n in notes]
     run = {**summary.get("run", {}), **summary.get("options", {})}
     if run:
         lines += ["", "| run and options | value |", "|---|---|"]

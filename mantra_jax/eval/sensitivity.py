@@ -285,23 +285,21 @@ def robustness_samples(base: Sequence[tuple[str, np.ndarray, np.ndarray]], level
 # Scoring
 # --------------------------------------------------------------------------------------------
 class _AucAccumulator:
-    """Per-image AUCs and pooled histograms of one group of images."""
+    """Per-image AUCs and the statistics for the pooled AUC of one group of images (both exact)."""
 
     def __init__(self, bins: int):
         self.aucs: list[float] = []
-        self.pos = np.zeros(bins, np.int64)
-        self.neg = np.zeros(bins, np.int64)
+        self.stats: list[pixel_metrics.ImageStats] = []
 
     def add(self, stats: pixel_metrics.ImageStats):
         auc = pixel_metrics.image_metrics(stats, negate_rule=False)["auc"]
         if auc is not None:
             self.aucs.append(auc)
-        self.pos += stats.hist_forged
-        self.neg += stats.hist_pristine
+        self.stats.append(stats)
 
     def result(self) -> dict:
         return {"auc": float(np.mean(self.aucs)) if self.aucs else None, "n": len(self.aucs),
-                "auc_pooled": pixel_metrics.histogram_auc(self.pos, self.neg)}
+                "auc_pooled": pixel_metrics.pooled_auc(self.stats, negate_rule=False)[0]}
 
 
 def score_stream(items: Iterable[tuple[Any, np.ndarray, np.ndarray]], predict_batch: PredictBatchFn, *,

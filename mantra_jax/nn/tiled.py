@@ -29,11 +29,18 @@ crops (plus the Featex halo) instead, which keeps memory bounded by the tile siz
 the Featex cost. The image is uploaded once and cropped on the device, so the only transfers per
 tile are a few offsets up and a 2 x adapt_dim vector (pass 1) or the crop's probabilities
 (pass 2) down: an accelerator is not held up by host copies or host arithmetic.
+
+Whether an image may take the whole-image pass is decided by `whole_image_program`: it compiles
+that program for the image's size and compares what XLA's memory analysis says it needs
+(temporaries, arguments and output) with the memory the device has free (an accelerator's
+allocator limit less what is in use; on CPU the host's available memory), so that no image
+size or setting makes the whole-image pass exhaust memory and abort the process.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Callable, Optional
 
 import jax
@@ -47,6 +54,10 @@ DEFAULT_TILE = 512
 # Device memory allowed for the adapted features kept between the passes (4 GiB: a 16-megapixel
 # image with the released adapt_dim of 64); larger images recompute Featex in pass 2.
 DEFAULT_FEATURE_BUDGET_BYTES = 4 << 30
+# The share of the free memory the whole-image program may need according to XLA's analysis. On
+# CPU the process grew by 1.7 to 2 times the analysis (1/8-width model: 605 MB for 303 MB at one
+# megapixel, 1033 MB for 607 MB at two; the runtime's own buffers and fragmentation), hence half.
+WHOLE_IMAGE_MEMORY_SHARE = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +131,54 @@ def whole_image_map(variables, rgb_HxWx3, cfg, dtype):
     checks of `whole_image_probabilities` (what the benchmarks lower and analyse)."""
     x = model.preprocess(rgb_HxWx3)[None]
     return jax.nn.sigmoid(model.apply(variables, x, cfg, dtype=dtype)["logits"][0])
+
+
+def available_memory_bytes(device=None) -> Optional[int]:
+    """Free memory of `device` (default: the first one) in bytes, or None when unknown: an
+    accelerator's allocator limit less its bytes in use; on CPU the host's available memory."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    if device.platform != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def program_bytes(compiled) -> Optional[int]:
+    """The memory a compiled program needs by XLA's analysis (temporaries, arguments and
+    outputs, less what outputs alias), or None when the backend gives no analysis."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+               - analysis.alias_size_in_bytes)
+
+
+def whole_image_program(variables, height: int, width: int, cfg: ModelConfig, *, dtype=jnp.float32,
+                        budget_bytes: Optional[int] = None):
+    """(the compiled whole-image program for a `height` x `width` image, or None when it does not
+    fit; the bytes it needs, or None when unknown). It fits when XLA's memory analysis asks for at
+    most WHOLE_IMAGE_MEMORY_SHARE of `budget_bytes` (default: `available_memory_bytes()`); an
+    unknown need or budget counts as fitting. Call the program as `program(variables, rgb)`."""
+    _check_cfg(cfg)
+    spec = jax.ShapeDtypeStruct((int(height), int(width), 3), jnp.uint8)
+    compiled = whole_image_map.lower(variables, spec, cfg, jnp.dtype(dtype)).compile()
+    needed = program_bytes(compiled)
+    budget = available_memory_bytes() if budget_bytes is None else budget_bytes
+    if needed is not None and budget is not None and needed > WHOLE_IMAGE_MEMORY_SHARE * budget:
+        return None, needed
+    return compiled, needed
 
 
 def whole_image_probabilities(variables, rgb_HxWx3, cfg: ModelConfig, *, dtype=jnp.float32) -> np.ndarray:
