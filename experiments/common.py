@@ -22,6 +22,8 @@ def define_common_flags(default_workdir: str):
     flags.DEFINE_integer("plateau_patience", 20, "Epochs without validation-loss improvement before the "
                          "learning rate is halved.", lower_bound=1)
     flags.DEFINE_float("plateau_factor", 0.5, "Learning-rate factor on a plateau.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("grad_clip_norm", 1.0, "Gradients rescaled to at most this global norm before the "
+                       "optimiser (0: off); see mantra_jax.train.loop.clip_gradients.", lower_bound=0.0)
     flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Computation dtype (parameters stay float32).")
     flags.DEFINE_integer("workers", 0, "grain worker processes for the training data (0: in process).", lower_bound=0)
     flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint interval in steps (and at every epoch end).", lower_bound=1)
@@ -62,7 +64,8 @@ def loop_config():
         workdir=FLAGS.workdir, seed=FLAGS.seed, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
         steps_per_epoch=FLAGS.steps_per_epoch, learning_rate=FLAGS.learning_rate,
         plateau_patience=FLAGS.plateau_patience, plateau_factor=FLAGS.plateau_factor,
-        precision=FLAGS.precision, checkpoint_every=FLAGS.checkpoint_every, keep=FLAGS.keep,
+        precision=FLAGS.precision, grad_clip_norm=FLAGS.grad_clip_norm,
+        checkpoint_every=FLAGS.checkpoint_every, keep=FLAGS.keep,
         log_every=FLAGS.log_every)
 
 

@@ -144,3 +144,20 @@ def test_cli_rejects_bad_flags_before_writing(tmp_path):
         assert proc.returncode != 0
         assert "FATAL Flags parsing error" in proc.stderr or "Unknown command line flag" in proc.stderr
     assert not work.exists()
+
+
+def test_clip_gradients_bounds_the_global_norm_and_keeps_the_direction():
+    import numpy as np
+
+    from mantra_jax.train.loop import clip_gradients
+
+    rng = np.random.default_rng(0)
+    grads = {"a": rng.normal(size=(3, 4)).astype(np.float32) * 100, "b": {"c": rng.normal(size=5).astype(np.float32)}}
+    flat = np.concatenate([grads["a"].ravel(), grads["b"]["c"]])
+    clipped = clip_gradients(grads, 1.0)
+    got = np.concatenate([np.asarray(clipped["a"]).ravel(), np.asarray(clipped["b"]["c"])])
+    np.testing.assert_allclose(np.linalg.norm(got), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(got, flat / np.linalg.norm(flat), rtol=1e-5)
+    small = clip_gradients(grads, 1e6)  # below the bound: untouched
+    np.testing.assert_allclose(np.asarray(small["a"]), grads["a"], rtol=1e-6)
+    assert clip_gradients(grads, 0.0) is grads  # 0: off
