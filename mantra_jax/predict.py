@@ -8,12 +8,14 @@ From Python (e.g. a notebook), load once and predict many times:
 
 From the shell:
 
-    python -m mantra_jax.predict --checkpoint DIR --out OUTDIR [--npy] IMAGE_OR_FOLDER...
+    python -m mantra_jax.predict --checkpoint DIR --out OUTDIR [--step best] [--npy] IMAGE_OR_FOLDER...
 
 writes for each image OUTDIR/<stem>_mask.png (round(255 p), 8-bit grey), OUTDIR/<stem>_overlay.png
 (a JET heat map blended over the photo), with --npy OUTDIR/<stem>.npy (float32 H x W), and one row
 of OUTDIR/summary.csv: file, height, width, score (the mean likelihood, the paper's image score),
-seconds (reading and predicting; the first image of each new size includes compilation). Folders
+seconds (reading and predicting; the first image of each new size includes compilation), and
+OUTDIR/run.json: the checkpoint step read (--step best | latest | N) and why, the model
+configuration and the command line (mantra_jax.provenance). Folders
 are searched recursively. A file that cannot be read or predicted is reported on stderr, listed in
 OUTDIR/skipped.csv with the reason, and skipped; the exit status is 1 when no image at all was
 processed, 2 when the checkpoint cannot be used. Two inputs with the same stem get "-2", "-3", ... appended to the later outputs.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 import time
@@ -36,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mantra_jax import provenance
 from mantra_jax.data import images
 from mantra_jax.nn import model, tiled
 from mantra_jax.nn.config import ModelConfig
@@ -84,14 +88,20 @@ class Predictor:
         self.tile = None if tile is None else int(tile)
         self.max_untiled_pixels = int(max_untiled_pixels)
         self.feature_budget_bytes = int(feature_budget_bytes)
+        self.provenance: Optional[dict] = None  # set by from_checkpoint: the step read and why
 
     @classmethod
-    def from_checkpoint(cls, directory, *, step: Optional[int] = None, **kwargs) -> "Predictor":
-        """Any checkpoint directory: a training run (its best step) or converted released weights."""
+    def from_checkpoint(cls, directory, *, step: provenance.StepChoice = provenance.DEFAULT_STEP,
+                        **kwargs) -> "Predictor":
+        """Any checkpoint directory: a training run or converted released weights. `step`: "best"
+        (by validation loss), "latest" or a step number; `provenance` then says which step was
+        read and why (mantra_jax.provenance)."""
         from mantra_jax.train import checkpoint  # Orbax is only needed here
 
-        cfg, variables = checkpoint.load_model(directory, step=step)
-        return cls(cfg, variables, **kwargs)
+        cfg, variables, record = checkpoint.load_model_at(directory, step)
+        predictor = cls(cfg, variables, **kwargs)
+        predictor.provenance = record
+        return predictor
 
     def is_tiled(self, height: int, width: int) -> bool:
         return self.tile is not None or height * width > self.max_untiled_pixels
@@ -186,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders (recursive)")
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (trained or converted)")
     parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--step", type=provenance.parse_step, default=provenance.DEFAULT_STEP,
+                        help=provenance.STEP_HELP + " (default: %(default)s)")
     parser.add_argument("--npy", action="store_true", help="also write <stem>.npy, float32 H x W probabilities")
     parser.add_argument("--tile", type=int, default=None,
                         help="tile every image with this interior size in pixels (default: tile only "
@@ -214,11 +226,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         predictor = Predictor.from_checkpoint(
-            args.checkpoint, dtype=args.dtype, tile=args.tile, max_untiled_pixels=args.max_untiled_pixels
+            args.checkpoint, step=args.step, dtype=args.dtype, tile=args.tile,
+            max_untiled_pixels=args.max_untiled_pixels
         )
     except (CheckpointError, ValueError) as e:
         print(f"error: cannot use the checkpoint {args.checkpoint}: {e}", file=sys.stderr)
         return 2
+    print(provenance.describe(predictor.provenance), file=sys.stderr)
+    (out / "run.json").write_text(json.dumps(predictor.provenance, indent=1))
     progress = ProgressLine(len(files), "predict", min_interval_s=0.0) if any_folder or len(files) > 1 else None
     used_stems: set = set()
     processed = 0
