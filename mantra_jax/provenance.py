@@ -9,7 +9,7 @@ loss the trainer recorded), ``latest``, or a step number. Every report records, 
     step           the step whose weights were scored
     step_choice    what was asked for: "best", "latest" or the number
     step_reason    why that step: "best by validation loss", "latest", "asked for", or
-                   "latest (no validation loss recorded)" when best was asked of a run without one
+                   "latest: no validation loss recorded" when best was asked of a run without one
     best_step, best_val_loss, latest_step   what the checkpoint's newest metadata says
     model_config   the network's configuration (mantra_jax.nn.config.to_dict)
     command        the command line that made the report
@@ -32,7 +32,7 @@ STEP_HELP = ("Checkpoint step to read: best (the step with the lowest validation
 BEST_BY_VALIDATION = "best by validation loss"
 LATEST = "latest"
 ASKED_FOR = "asked for"
-LATEST_NO_VALIDATION = "latest (no validation loss recorded)"
+LATEST_NO_VALIDATION = "latest: no validation loss recorded"
 # The trainer's resolved flags (experiments/common.py write_flags), in the run's work directory.
 RUN_FLAGS_FILE = "flags.txt"
 

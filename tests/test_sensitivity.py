@@ -2,7 +2,9 @@
 import csv
 import hashlib
 import json
+import os
 import re
+from pathlib import Path
 
 import cv2
 import jax
@@ -17,6 +19,7 @@ from mantra_jax.nn import config, model, tiled
 from tests.helpers import write_photo_folder
 
 PATCH = 48
+REPO = Path(__file__).resolve().parents[1]
 TYPES = ["Quantization", "Dithering", "JPEGCompress"]  # 25 leaves; each one changes a noise image
 SMALL_LEVELS = dict(downscale_factors=(1.0, 0.5), jpeg_qualities=(90, 50), blur_kernels=(3, 7))
 
@@ -273,3 +276,30 @@ def test_model_batch_predictor_matches_single_images():
         np.testing.assert_allclose(prob, tiled.whole_image_probabilities(variables, image, cfg), atol=2e-5)
     with pytest.raises(ValueError, match="'imc' head"):
         sensitivity.model_batch_predictor(cfg.replace(head="imc", num_classes=7), variables)
+
+
+def test_command_line_records_the_step_takes_the_checkpoint_defaults_and_prints_tables(index, tmp_path):
+    import subprocess
+    import sys
+
+    from mantra_jax.train import checkpoint
+
+    cfg = config.make_config(width_scale=0.125, backbone="baseline", windows=(3,))
+    checkpoint.save_model(tmp_path / "ckpt", cfg, jax.tree.map(np.asarray, model.init(jax.random.key(0), cfg)))
+    # The trainer's flags.txt: the patch size and the photo folder it was trained with.
+    (tmp_path / "ckpt" / "flags.txt").write_text(f"--patch_size={PATCH}\n--data_dir={index.root}\n")
+    command = [sys.executable, "-m", "experiments.sensitivity", f"--checkpoint={tmp_path / 'ckpt'}",
+               f"--out={tmp_path / 'out'}", "--types=Quantization,Dithering", "--per_param=1", "--robust_samples=2",
+               "--downscale_factors=1.0", "--jpeg_qualities=90", "--blur_kernels=3", "--batch_size=4"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["checkpoint"] == str((tmp_path / "ckpt").absolute()) and run["step"] == 0
+    assert run["step_choice"] == "best" and run["step_reason"] == "latest: no validation loss recorded"
+    assert run["model_config"] == config.to_dict(cfg) and "-m experiments.sensitivity" in run["command"]
+    assert (run["patch"], run["data_dir"], run["settings_from_checkpoint"]) == (PATCH, index.root, ["data_dir", "patch"])
+    tables = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert ["Quantization", "quantization", "palette size C", "8"] == [c.strip() for c in tables[1][:4]]
+    assert [c.strip() for c in tables[2][:4]] == ["Dithering", "quantization", "-", "1"]
+    assert {(row[0].strip(), row[1].strip()) for row in tables} >= {("none", "0"), ("jpeg", "90"), ("edge_blur", "3")}

@@ -206,8 +206,6 @@ def load_model(directory, *, step: Optional[int] = None, which: str = "best"):
     raise CheckpointError(f"{directory}: no readable checkpoint step:\n  " + "\n  ".join(errors))
 
 
-
-
 def load_model_at(directory, step="best"):
     """(ModelConfig, variables, provenance) of one step choice: "best" (the trainer's best step by
     validation loss; the latest one when it recorded none), "latest" or a step number.
@@ -247,7 +245,7 @@ def load_model_at(directory, step="best"):
     elif choice == "best" and meta.get("best_val_loss") is not None and best in steps:
         target, reason = int(best), provenance.BEST_BY_VALIDATION
     elif choice == "best" and meta.get("best_val_loss") is not None:
-        target, reason = newest, f"latest (the best step {best} is not saved)"
+        target, reason = newest, f"latest: the best step {best} is not saved"
     else:
         target = newest
         reason = provenance.LATEST if choice == "latest" else provenance.LATEST_NO_VALIDATION
