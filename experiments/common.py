@@ -147,7 +147,6 @@ def print_table(header, rows, title: str = ""):
     print("\n".join(lines), flush=True)
 
 
-
 def settings_from_checkpoint(checkpoint, asked: dict, trainer_flags: dict, defaults: dict) -> tuple[dict, list]:
     """Defaults a checkpoint knows come from it: each setting of `asked` left None takes the value
     of the trainer's flag `trainer_flags[name]` in the checkpoint's flags.txt (converted to the

@@ -101,8 +101,8 @@ def print_summary(report: dict, out: str) -> None:
              f"{r['n_photos_in_split']} photos), crop {r['crop']}\n{provenance.describe(r)}")
     rows = [[j, level["name"], level["classes"], *(f"{100 * level[f'top{k}']:.1f}" for k in (1, 3, 5, 10))]
             for j, level in report["levels"].items()]
-    common.print_table(["level", "name (paper)", "classes (here)", "top-1 %", "top-3 %", "top-5 %", "top-10 %"],
-                       rows, title=title)
+    header = ["level", "name (paper's)", "classes (this taxonomy's)", "top-1 %", "top-3 %", "top-5 %", "top-10 %"]
+    common.print_table(header, rows, title=title)
     print(f"\n{report['level_names']}\nreport: {Path(out) / 'imc_report.md'}")
 
 

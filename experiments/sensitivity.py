@@ -15,6 +15,7 @@ flags.txt). Protocol: mantra_jax/eval/sensitivity.py.
 """
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,8 +148,6 @@ def main(argv: Sequence[str]) -> None:
 
 def print_summary(files: sensitivity.StudyFiles, record: dict) -> None:
     """Per manipulation type (AUC over its parameters) and per attack level, as tables on stdout."""
-    import csv  # noqa: PLC0415
-
     print(provenance.describe(record))
     if files.sensitivity_csv is not None:
         with open(files.sensitivity_csv, newline="") as f:

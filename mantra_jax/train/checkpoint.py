@@ -206,16 +206,17 @@ def load_model(directory, *, step: Optional[int] = None, which: str = "best"):
     raise CheckpointError(f"{directory}: no readable checkpoint step:\n  " + "\n  ".join(errors))
 
 
-def load_model_at(directory, step="best"):
+def load_model_at(directory, step=None):
     """(ModelConfig, variables, provenance) of one step choice: "best" (the trainer's best step by
-    validation loss; the latest one when it recorded none), "latest" or a step number.
+    validation loss; the latest one when it recorded none), "latest" or a step number; None: the
+    default choice (mantra_jax.provenance.DEFAULT_STEP, best).
 
     `provenance` is the report entry of mantra_jax.provenance.checkpoint_record: the folder, the
     step, why that step, the model configuration and the command line.
     """
     from mantra_jax import provenance
 
-    choice = provenance.parse_step(step)
+    choice = provenance.parse_step(provenance.DEFAULT_STEP if step is None else step)
     directory = Path(directory).absolute()
     read_model_config(directory)  # a folder that is no checkpoint fails here, with its name
     steps_dir = directory / STEPS_DIR
