@@ -156,7 +156,8 @@ def print_summary(files: sensitivity.StudyFiles, record: dict) -> None:
                            rows, title="\nSensitivity: pixel AUC (mean per image) over each type's parameters")
     if files.robustness_csv is not None:
         with open(files.robustness_csv, newline="") as f:
-            rows = [[r["attack"], r["level"], r["auc"] or None, r["n"], r["auc_pooled"] or None]
+            number = lambda text: float(text) if text else None  # noqa: E731
+            rows = [[r["attack"], r["level"], number(r["auc"]), r["n"], number(r["auc_pooled"])]
                     for r in csv.DictReader(f)]
         common.print_table(["attack", "level", "AUC (mean per image)", "images", "AUC pooled"], rows,
                            title="\nRobustness")
