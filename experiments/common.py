@@ -114,3 +114,63 @@ def start_evaluation_cli(argv, fv, required):
     missing = [name for name in required if not fv[name].value]
     if missing:
         raise app.UsageError(f"missing flags: {', '.join('--' + m for m in missing)}")
+
+
+class _StepParser(flags.ArgumentParser):
+    """--step: best | latest | a step number (mantra_jax.provenance.parse_step)."""
+
+    syntactic_help = "best | latest | a step number"
+
+    def parse(self, argument):
+        from mantra_jax import provenance
+
+        return provenance.parse_step(argument)
+
+    def flag_type(self):
+        return "string"
+
+
+def define_step_flag(flag_values: flags.FlagValues = FLAGS):
+    """The step choice every checkpoint-reading command takes, with its one default and help."""
+    from mantra_jax import provenance
+
+    flags.DEFINE(_StepParser(), "step", provenance.DEFAULT_STEP, provenance.STEP_HELP, flag_values=flag_values)
+
+
+def print_table(header, rows, title: str = ""):
+    """A short summary table on stdout (markdown, so it pastes into notes as it is)."""
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return "-" if value is None else str(value)
+
+    lines = [title, ""] if title else []
+    lines += ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    print("\n".join(lines), flush=True)
+
+
+def settings_from_checkpoint(checkpoint, asked: dict, trainer_flags: dict, defaults: dict) -> tuple[dict, list]:
+    """Defaults a checkpoint knows come from it: each setting of `asked` left None takes the value
+    of the trainer's flag `trainer_flags[name]` in the checkpoint's flags.txt (converted to the
+    default's type), else `defaults[name]`. Returns (settings, names taken from the checkpoint).
+    A photo folder taken from the checkpoint that is not a folder here is an error."""
+    from mantra_jax import provenance
+
+    trained = provenance.read_run_flags(checkpoint)
+    where = Path(checkpoint) / provenance.RUN_FLAGS_FILE
+    settings, taken = {}, []
+    for name, value in asked.items():
+        if value is None and trainer_flags[name] in trained:
+            text = trained[trainer_flags[name]]
+            try:
+                value = type(defaults[name])(text)
+            except ValueError:
+                raise ValueError(f"{where}: --{trainer_flags[name]}={text} is not a "
+                                 f"{type(defaults[name]).__name__}") from None
+            taken.append(name)
+        settings[name] = defaults[name] if value is None else value
+    if "data_dir" in taken and settings["data_dir"] and not Path(settings["data_dir"]).is_dir():
+        raise ValueError(f"{settings['data_dir']}: the photo folder the checkpoint was trained on ({where}) "
+                         "is not a folder here; pass --data_dir")
+    return settings, taken

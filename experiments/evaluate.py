@@ -1,11 +1,12 @@
 """Scores a checkpoint on a forgery-localisation benchmark folder.
 
-  python -m experiments.evaluate --checkpoint DIR --images DIR --masks DIR [--authentic DIR] --out OUTDIR
+  python -m experiments.evaluate --checkpoint DIR [--step best] --images DIR --masks DIR [--authentic DIR] --out OUTDIR
   python -m experiments.evaluate --from_stats OUTDIR --out OUTDIR2 --invert_predictions   # no model run
 
-Writes OUTDIR/report.json, report.md, per_image.csv, panels/ (best and worst images) and the
+Writes OUTDIR/report.json (its "run" entry: the checkpoint step scored and why, the model
+configuration, the command line, the folders), report.md, per_image.csv, panels/ (best and worst images) and the
 per-image statistics (stats.npz, authentic_stats.npz) from which every metric variant can be
-recomputed with --from_stats. Metric conventions: mantra_jax/eval/pixel_metrics.py; folder
+recomputed with --from_stats; prints the headline metrics as a table. Metric conventions: mantra_jax/eval/pixel_metrics.py; folder
 layouts (--preset): mantra_jax/eval/datasets.py. A user error (a missing or empty folder, an
 unusable checkpoint, an --out that is a file) is printed as one line, `error: ...`, and the exit
 status is 1; images read as their first frame (animated GIF, multi-page TIFF) are listed under
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import common
+from mantra_jax import provenance
 from mantra_jax.data import images as image_io
 from mantra_jax.errors import UserError
 from mantra_jax.eval import datasets, pixel_metrics, plots, report
@@ -215,6 +218,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines this entry point's flags (kept out of import time so tests can import the module)."""
     fv = flag_values
     flags.DEFINE_string("checkpoint", None, "Model checkpoint folder.", flag_values=fv)
+    common.define_step_flag(fv)
     flags.DEFINE_string("images", None, "Folder of forged images.", flag_values=fv)
     flags.DEFINE_string("masks", None, "Folder of ground-truth masks.", flag_values=fv)
     flags.DEFINE_string("authentic", None, "Folder of authentic images (enables image-level metrics).",
@@ -269,10 +273,10 @@ def evaluate_from_flags(fv: flags.FlagValues) -> dict:
     from mantra_jax.train.checkpoint import CheckpointError  # noqa: PLC0415
 
     try:  # no configuration or step, another configuration's weights, a head without forgery maps
-        predictor = Predictor.from_checkpoint(fv.checkpoint)
+        predictor = Predictor.from_checkpoint(fv.checkpoint, step=fv.step)
     except (CheckpointError, ValueError) as e:
         raise UserError(f"cannot use the checkpoint {fv.checkpoint}: {e}") from e
-    metadata = {"checkpoint": fv.checkpoint, "images": fv.images, "masks": fv.masks, "authentic": fv.authentic,
+    metadata = {**predictor.provenance, "images": fv.images, "masks": fv.masks, "authentic": fv.authentic,
                 "preset": fv.preset or datasets.DEFAULT_PRESET.name}
     return run_evaluation(predictor.predict, pairs, authentic, fv.out, options, skipped=skipped, metadata=metadata)
 
@@ -293,9 +297,12 @@ def main(argv: Sequence[str]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    headline = {k: summary.get(k) for k in ("n_images", "n_skipped", "pixel_auc_mean", "pixel_auc_pooled",
-                                            "f1_at_0.5_mean", "f1_best_mean", "iou_at_0.5_mean", "image_auc")}
-    print(json.dumps(headline, indent=2))
+    run_info = summary.get("run", {})
+    title = provenance.describe(run_info) if "step" in run_info else "Forgery localisation benchmark"
+    rows = [[label, summary[key]] for key, label in report.HEADLINE_METRICS if key in summary]
+    rows += [[key, summary[key]] for key in ("n_images", "n_skipped", "n_authentic") if key in summary]
+    common.print_table(["metric", "value"], rows, title=title)
+    print(f"report: {Path(flags.FLAGS.out) / 'report.md'}")
 
 
 if __name__ == "__main__":

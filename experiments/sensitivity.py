@@ -1,17 +1,21 @@
 """Sensitivity and robustness of a ManTra-Net checkpoint on synthesised forgeries (paper, Fig. 4).
 
-  python -m experiments.sensitivity --checkpoint DIR --data_dir PHOTOS --out OUTDIR [--per_param 20]
+  python -m experiments.sensitivity --checkpoint DIR [--step best] [--data_dir PHOTOS] --out OUTDIR [--per_param 20]
 
 (a) sensitivity: pixel AUC per IMC manipulation type and parameter (--types / --families select
     a subset; default all 380 leaves) on enhancement forgeries of test-split patches;
 (b) robustness: pixel AUC of a mix of splicing, copy-move, removal and enhancement forgeries
     (--kinds) under downscaling, JPEG and Gaussian blur in a band around the forged region's edge.
 
-Writes OUTDIR/sensitivity.csv, sensitivity.png and sensitivity_<family>.png, robustness.csv
-and robustness.png. Protocol: mantra_jax/eval/sensitivity.py.
+Writes OUTDIR/sensitivity.csv, sensitivity.png and sensitivity_<family>.png, robustness.csv,
+robustness.png and run.json (the checkpoint step scored and why, the model configuration, the
+command line and the study's settings), and prints both studies as tables. The photo folder and
+the patch size default to the checkpoint's (the trainer's --data_dir and --patch_size in its
+flags.txt). Protocol: mantra_jax/eval/sensitivity.py.
 """
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,19 +24,26 @@ from absl import app, flags
 
 from experiments import common
 
+from mantra_jax import provenance
 from mantra_jax.data import forgeries
 from mantra_jax.eval import sensitivity
+
+# This command's setting <- the trainer's flag of the same meaning (experiments/mantranet.py).
+TRAINER_FLAGS = {"data_dir": "data_dir", "patch": "patch_size"}
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines this entry point's flags (kept out of import time so tests can import the module)."""
     fv = flag_values
     flags.DEFINE_string("checkpoint", None, "ManTra-Net checkpoint folder.", flag_values=fv)
-    flags.DEFINE_string("data_dir", "", "Folder of pristine photos (recursive). Empty: the bundled photos.",
+    common.define_step_flag(fv)
+    flags.DEFINE_string("data_dir", None, "Folder of pristine photos (recursive). Default: the folder the "
+                        "checkpoint was trained on; empty (or a checkpoint that does not say): the bundled photos.",
                         flag_values=fv)
     flags.DEFINE_string("out", None, "Output folder.", flag_values=fv)
     flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split whose patches are forged.", flag_values=fv)
-    flags.DEFINE_integer("patch", 256, "Patch size.", lower_bound=16, flag_values=fv)
+    flags.DEFINE_integer("patch", None, "Patch size. Default: the trainer's --patch_size, else 256.", lower_bound=16,
+                         flag_values=fv)
     flags.DEFINE_integer("per_param", 20, "Forgeries per manipulation type and parameter.", lower_bound=1,
                          flag_values=fv)
     flags.DEFINE_list("types", [], "IMC manipulation types of the sensitivity study (empty: all).", flag_values=fv)
@@ -117,9 +128,11 @@ def main(argv: Sequence[str]) -> None:
     from mantra_jax.data import bundled, photos  # noqa: PLC0415
     from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX only when a model is run)
 
-    folder = fv.data_dir or bundled.default_photo_dir()
-    index = photos.build_patch_index(folder, patch=fv.patch)
-    predictor = Predictor.from_checkpoint(fv.checkpoint, dtype=fv.precision)
+    settings, taken = common.settings_from_checkpoint(
+        fv.checkpoint, {"data_dir": fv.data_dir, "patch": fv.patch}, TRAINER_FLAGS, {"data_dir": "", "patch": 256})
+    folder = settings["data_dir"] or bundled.default_photo_dir()
+    index = photos.build_patch_index(folder, patch=settings["patch"])
+    predictor = Predictor.from_checkpoint(fv.checkpoint, step=fv.step, dtype=fv.precision)
     if fv.batch_size > 1:
         predict_batch = sensitivity.model_batch_predictor(predictor.cfg, predictor.variables,
                                                           batch_size=fv.batch_size, dtype=predictor.dtype)
@@ -129,10 +142,27 @@ def main(argv: Sequence[str]) -> None:
                 families=fv.families, robust_samples=fv.robust_samples, kinds=fv.kinds, downscale_factors=factors,
                 jpeg_qualities=qualities, blur_kernels=kernels, edge_band=fv.edge_band,
                 run_sensitivity=fv.sensitivity, run_robustness=fv.robustness, seed=fv.seed, batch_size=fv.batch_size,
-                metadata={"checkpoint": fv.checkpoint, "precision": fv.precision})
-    for path in (files.sensitivity_csv, files.robustness_csv, *files.plots):
-        if path is not None:
-            print(path)
+                metadata=dict(predictor.provenance, precision=fv.precision, settings_from_checkpoint=taken))
+    print_summary(files, predictor.provenance)
+
+
+def print_summary(files: sensitivity.StudyFiles, record: dict) -> None:
+    """Per manipulation type (AUC over its parameters) and per attack level, as tables on stdout."""
+    print(provenance.describe(record))
+    if files.sensitivity_csv is not None:
+        with open(files.sensitivity_csv, newline="") as f:
+            rows = sensitivity.type_summary(list(csv.DictReader(f)))
+        common.print_table(["type", "family", "parameter", "leaves", "AUC mean", "AUC min (at)", "AUC max (at)"],
+                           rows, title="\nSensitivity: pixel AUC (mean per image) over each type's parameters")
+    if files.robustness_csv is not None:
+        with open(files.robustness_csv, newline="") as f:
+            number = lambda text: float(text) if text else None  # noqa: E731
+            rows = [[r["attack"], r["level"], number(r["auc"]), r["n"], number(r["auc_pooled"])]
+                    for r in csv.DictReader(f)]
+        common.print_table(["attack", "level", "AUC (mean per image)", "images", "AUC pooled"], rows,
+                           title="\nRobustness")
+    print("\nfiles: " + ", ".join(str(p) for p in (files.sensitivity_csv, files.robustness_csv, *files.plots)
+                                  if p is not None))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python launch/sweep.py SPEC --local              run unfinished trials here, one after another
     python launch/sweep.py SPEC --slurm [--sbatch_args="--time=4:00:00 ..."]
                                                      submit unfinished trials as a SLURM job array
-    python launch/sweep.py summarize ROOT [--metric val_loss] [--mode min]
+    python launch/sweep.py summarize ROOT [--metric L0_top1] [--mode max]
                                                      final metrics of every trial, best first
 
 Common options: --root DIR replaces the spec's root work directory (put it on shared storage for
@@ -40,8 +40,8 @@ which should be the repository root, as for `python -m experiments...`.
     time = "48:00:00"
     array_parallelism = 8                     # optional: at most 8 trials at once
     [summary]                                 # defaults of the summarize command
-    metric = "val_loss"
-    mode = "min"
+    metric = "val_loss"                       # its direction is known (see metric_mode);
+    mode = "min"                              # a mode is needed for other metrics only
 
 Trials are ordered cases x grid x random draws (the last varying fastest); the random draws come
 from `random.Random(seed)` in axis order, and draw r is shared by every grid point, so grid
@@ -387,8 +387,18 @@ def _expand(spec_path: Path, spec: dict[str, Any], root: str | None,
     summary = spec.get("summary", {})
     if not isinstance(summary, dict) or set(summary) - {"metric", "mode"}:
         raise SpecError("[summary] may hold only `metric` and `mode`")
-    if summary.get("mode", "min") not in ("min", "max"):
-        raise SpecError("[summary].mode must be min or max")
+    if "metric" in summary and (not isinstance(summary["metric"], str) or not summary["metric"]):
+        raise SpecError("[summary].metric must be a metric name, e.g. val_loss or L0_top1")
+    if "mode" in summary:
+        if summary["mode"] not in MODES:
+            raise SpecError("[summary].mode must be min or max")
+        if "metric" not in summary:
+            raise SpecError("[summary].mode needs [summary].metric: a mode is the direction of one "
+                            "metric and never applies to another")
+        known = metric_mode(summary["metric"])
+        if known is not None and known != summary["mode"]:
+            raise SpecError(f"[summary].mode = {summary['mode']!r} contradicts {summary['metric']}, "
+                            f"for which {_BETTER[known]} is better; drop the mode")
 
     return Sweep(spec_path=spec_path, name=name, module=module,
                  base_flagfile=Path(os.path.abspath(os.path.expanduser(base))) if base else None,
@@ -629,9 +639,44 @@ def collect_trials(root: Path) -> list[dict[str, Any]]:
     return trials
 
 
-def default_mode(metric: str) -> str:
-    """Losses and errors are minimised, everything else (accuracies, F1, AUC) maximised."""
-    return "min" if re.search(r"loss|err", metric, re.IGNORECASE) else "max"
+MODES = ("min", "max")
+_BETTER = {"min": "lower", "max": "higher"}
+# The metrics the trainers and evaluators write (final_metrics.json, metrics.jsonl, report.json),
+# by name part: losses fall (val_loss, best_val_loss); top-k (L0_top1, L5_top5), AUC (auc_overall,
+# pixel_auc_mean), F1 (f1_splicing), IoU (iou_at_0.5_mean) and accuracies rise.
+_LOWER_IS_BETTER = re.compile(r"(?:^|_)loss(?:$|_)", re.IGNORECASE)
+_HIGHER_IS_BETTER = re.compile(r"(?:^|_)(?:top\d+|auc|f1|iou|acc|accuracy)(?:$|_)", re.IGNORECASE)
+
+
+def metric_mode(metric: str) -> str | None:
+    """"min" for a loss, "max" for top-k, AUC, F1, IoU and accuracies, None for a name it does not
+    know (step, lr, grad_norm, ...), whose direction must be given."""
+    lower, higher = bool(_LOWER_IS_BETTER.search(metric)), bool(_HIGHER_IS_BETTER.search(metric))
+    if lower == higher:
+        return None
+    return "min" if lower else "max"
+
+
+def summary_order(metric: str | None, mode: str | None,
+                  defaults: dict[str, str]) -> tuple[str, str]:
+    """(metric, mode) of a summary: the metric asked for, else the spec's [summary] metric, else
+    val_loss; the mode asked for, else the spec's mode when ranking by the spec's own metric, else
+    the metric's known direction. An unknown metric without a mode is refused, never guessed."""
+    spec_metric = defaults.get("metric") or "val_loss"
+    metric = metric or spec_metric
+    if mode is None and metric == spec_metric and defaults.get("mode") in MODES:
+        mode = defaults["mode"]
+    known = metric_mode(metric)
+    if mode is None:
+        if known is None:
+            raise SpecError(f"the direction of {metric!r} is not known (known: losses are lower-is-"
+                            "better; top-k, AUC, F1, IoU and accuracies higher-is-better); pass "
+                            "--mode min or --mode max")
+        mode = known
+    elif known is not None and mode != known:
+        print(f"[sweep] warning: ranking {metric} with mode {mode} puts the worst first ({_BETTER[known]} "
+              "is better for it)", file=sys.stderr)
+    return metric, mode
 
 
 def _number(value: Any) -> float | None:
@@ -712,16 +757,18 @@ def summarize(root: str | os.PathLike, metric: str | None = None,
             defaults = json.loads((root / MANIFEST).read_text()).get("summary", {})
         except (json.JSONDecodeError, AttributeError) as error:
             raise SpecError(f"{root / MANIFEST}: not a sweep manifest: {error}") from None
-    metric = metric or defaults.get("metric") or "val_loss"
-    mode = mode or defaults.get("mode") or default_mode(metric)
+    if not isinstance(defaults, dict):
+        raise SpecError(f"{root / MANIFEST}: its \"summary\" is not an object")
     finished = [t for t in trials if t["status"] == "finished"]
-    if finished and not any(metric in t["metrics"] for t in finished):
+    wanted = metric or defaults.get("metric") or "val_loss"
+    if finished and not any(wanted in t["metrics"] for t in finished):
         available = sorted({name for t in finished for name in t["metrics"]})
-        print(f"[sweep] warning: no finished trial reports {metric!r}; available: "
-              f"{', '.join(available)}", file=sys.stderr)
+        raise SpecError(f"no finished trial under {root} reports {wanted!r}; their "
+                        f"{FINAL_METRICS} hold: {', '.join(available)}")
+    metric, mode = summary_order(metric, mode, defaults)
     rows = summary_table(trials, metric, mode)
     title = (f"Sweep {root.name}: {len(finished)} of {len(trials)} trials finished, ranked by "
-             f"{metric} ({'lower' if mode == 'min' else 'higher'} is better)\n\n")
+             f"{metric} ({_BETTER[mode]} is better)\n\n")
     markdown = title + markdown_table(rows)
     csv_text = csv_table(rows)
     (root / "summary.md").write_text(markdown)
@@ -740,8 +787,10 @@ def _summarize_main(argv: list[str]) -> int:
     parser.add_argument("root", help="the sweep's root work directory")
     parser.add_argument("--metric", default=None,
                         help="metric to rank by (default: the spec's [summary], else val_loss)")
-    parser.add_argument("--mode", choices=("min", "max"), default=None,
-                        help="min or max is best (default: min for losses/errors, else max)")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="min or max is best (default: the metric's known direction: min for "
+                             "losses; max for top-k, AUC, F1, IoU and accuracies; needed for "
+                             "any other metric)")
     args = parser.parse_args(argv)
     markdown, _ = summarize(args.root, args.metric, args.mode)
     sys.stdout.write(markdown)

@@ -8,7 +8,7 @@ From Python (e.g. a notebook), load once and predict many times:
 
 From the shell:
 
-    python -m mantra_jax.predict --checkpoint DIR --out OUTDIR [--npy] IMAGE_OR_FOLDER...
+    python -m mantra_jax.predict --checkpoint DIR --out OUTDIR [--step best] [--npy] IMAGE_OR_FOLDER...
 
 writes for each image OUTDIR/<output>_mask.png (round(255 p), 8-bit grey), OUTDIR/<output>_overlay.png
 (a JET heat map blended over the photo), with --npy OUTDIR/<output>.npy (float32 H x W), and one row
@@ -20,7 +20,9 @@ searched recursively; files inside OUTDIR are never inputs (earlier outputs), an
 images all lie there says so. A file that cannot be read or predicted (or a symbolic link loop) is
 reported on stderr, listed in OUTDIR/skipped.csv with the reason, and skipped; the exit status is 1
 when no image at all was processed, 2 for a user error (an unusable checkpoint, an --out that is a
-file, a bad flag value), reported in one line.
+file, a bad flag value), reported in one line. OUTDIR/run.json records the checkpoint
+step read (--step best | latest | N) and why, the model configuration and the command line
+(mantra_jax.provenance).
 
 An image takes the whole-image pass when it has at most `max_untiled_pixels` pixels and XLA's
 memory analysis of that pass fits the free memory of the device (mantra_jax.nn.tiled.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 import time
@@ -42,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mantra_jax import provenance
 from mantra_jax.data import images
 from mantra_jax.errors import UserError
 from mantra_jax.nn import model, tiled
@@ -97,14 +101,20 @@ class Predictor:
         self.feature_budget_bytes = int(feature_budget_bytes)
         self.memory_budget_bytes = None if memory_budget_bytes is None else int(memory_budget_bytes)
         self._whole_programs: dict = {}  # (height, width) -> compiled whole-image program, or None: tiled
+        self.provenance: Optional[dict] = None  # set by from_checkpoint: the step read and why
 
     @classmethod
-    def from_checkpoint(cls, directory, *, step: Optional[int] = None, **kwargs) -> "Predictor":
-        """Any checkpoint directory: a training run (its best step) or converted released weights."""
+    def from_checkpoint(cls, directory, *, step: provenance.StepChoice = provenance.DEFAULT_STEP,
+                        **kwargs) -> "Predictor":
+        """Any checkpoint directory: a training run or converted released weights. `step`: "best"
+        (by validation loss), "latest" or a step number; `provenance` then says which step was
+        read and why (mantra_jax.provenance)."""
         from mantra_jax.train import checkpoint  # Orbax is only needed here
 
-        cfg, variables = checkpoint.load_model(directory, step=step)
-        return cls(cfg, variables, **kwargs)
+        cfg, variables, record = checkpoint.load_model_at(directory, step)
+        predictor = cls(cfg, variables, **kwargs)
+        predictor.provenance = record
+        return predictor
 
     def _whole_program(self, height: int, width: int):
         """The compiled whole-image program for this size, or None when the image is tiled."""
@@ -242,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders (recursive)")
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (trained or converted)")
     parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--step", type=provenance.parse_step, default=provenance.DEFAULT_STEP,
+                        help=provenance.STEP_HELP + " (default: %(default)s)")
     parser.add_argument("--npy", action="store_true", help="also write <stem>.npy, float32 H x W probabilities")
     parser.add_argument("--tile", type=_positive_int, default=None,
                         help="tile every image with this interior size in pixels (default: tile only "
@@ -288,10 +300,13 @@ def _run(args) -> int:
 
     try:
         predictor = Predictor.from_checkpoint(
-            args.checkpoint, dtype=args.dtype, tile=args.tile, max_untiled_pixels=args.max_untiled_pixels
+            args.checkpoint, step=args.step, dtype=args.dtype, tile=args.tile,
+            max_untiled_pixels=args.max_untiled_pixels
         )
     except (CheckpointError, ValueError) as e:
         raise UserError(f"cannot use the checkpoint {args.checkpoint}: {e}") from e
+    print(provenance.describe(predictor.provenance), file=sys.stderr)
+    (out / "run.json").write_text(json.dumps(predictor.provenance, indent=1))
     progress = ProgressLine(len(files), "predict", min_interval_s=0.0) if any_folder or len(files) > 1 else None
     used_stems: set = set()
     processed = 0

@@ -12,6 +12,7 @@ import pytest
 from absl import flags
 
 from experiments import evaluate
+from mantra_jax import provenance
 from mantra_jax.eval import datasets
 
 HEIGHT, WIDTH = 32, 48
@@ -139,9 +140,12 @@ def test_flags_drive_the_model_path_with_a_fake_predictor(bench, tmp_path, monke
 
     class FakePredictor:
         @classmethod
-        def from_checkpoint(cls, path):
-            loaded["path"] = path
-            return cls()
+        def from_checkpoint(cls, path, step):
+            loaded.update(path=path, step=step)
+            predictor = cls()
+            predictor.provenance = provenance.checkpoint_record(
+                path, step=step, choice=step, reason=provenance.ASKED_FOR, meta={}, model_config={"head": "ladn"})
+            return predictor
 
         def predict(self, rgb):
             return perfect(rgb)
@@ -151,11 +155,15 @@ def test_flags_drive_the_model_path_with_a_fake_predictor(bench, tmp_path, monke
     evaluate.define_flags(fv)
     fv(["evaluate", "--checkpoint=/ckpt", f"--images={bench / 'images'}", f"--masks={bench / 'masks'}",
         f"--authentic={bench / 'authentic'}", f"--out={tmp_path / 'out'}", "--nonegate_rule", "--bins=256",
-        "--n_panels=1"])
+        "--n_panels=1", "--step=7"])
     summary = evaluate.evaluate_from_flags(fv)
-    assert loaded["path"] == "/ckpt"
+    assert loaded == {"path": "/ckpt", "step": 7}
     assert summary["pixel_auc_mean"] == 1.0 and summary["negate_rule"] is False and summary["bins"] == 256
     assert summary["run"]["checkpoint"] == "/ckpt" and summary["image_auc"] == 1.0
+    assert summary["run"]["step"] == 7 and summary["run"]["step_reason"] == "asked for"
+    assert summary["run"]["model_config"] == {"head": "ladn"} and summary["run"]["command"]
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| step | 7 |" in markdown and "model_config" not in markdown  # the configuration: in the JSON
     assert len(list((tmp_path / "out" / "panels").iterdir())) == 2
 
 
@@ -165,7 +173,8 @@ def test_command_line_recomputes_from_stats(bench, tmp_path):
                f"--out={tmp_path / 'cli'}", "--invert_predictions", "--nonegate_rule"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["f1_at_0.5_mean"] == 1.0
+    table = dict(line.strip("|").split("|")[:2] for line in result.stdout.splitlines() if line.startswith("| "))
+    assert float(table[" pixel F1 at 0.5, per-image mean "]) == 1.0  # a table on stdout
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert report["invert_predictions"] is True and report["pixel_auc_mean"] == 0.0
 

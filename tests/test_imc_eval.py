@@ -10,7 +10,9 @@ from mantra_jax.data import imc_pipeline, photos
 from mantra_jax.eval import imc_eval
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config, model
+from mantra_jax import provenance
 from mantra_jax.train import checkpoint
+from mantra_jax.train import imc as imc_task
 from tests.helpers import random_variables, write_photo_folder
 
 LEVEL = 1
@@ -111,3 +113,63 @@ def test_empty_photo_folder_is_named(saved_model, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty: no image file found"):
         evaluate_imc.run(str(saved_model[0]), str(tmp_path / "empty"), str(tmp_path / "out"), progress=False)
+
+
+def test_defaults_the_checkpoint_knows_come_from_it_and_the_report_says_what_was_used(
+        saved_model, folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    directory = tmp_path / "run"
+    checkpoint.save_model(directory, MODEL, saved_model[1])
+    # What experiments/common.py write_flags leaves in a trainer's work directory.
+    (directory / "flags.txt").write_text(f"--crop={CROP}\n--val_samples=6\n--data_dir={folder}\n--level={LEVEL}\n")
+    report = evaluate_imc.run(str(directory), None, str(tmp_path / "out"), patch=PATCH, batch_size=BATCH,
+                              progress=False)
+    run = report["run"]
+    assert (run["crop"], run["samples"], run["data_dir"]) == (CROP, 6, str(folder))
+    assert run["settings_from_checkpoint"] == ["crop", "samples", "data_dir"] and report["n_samples"] == 6
+    assert (run["n_photos_in_split"], run["n_patches_in_split"]) == (2, 2)  # two 64x64 test photos
+    assert (run["n_photos_used"], run["n_patches_used"]) == (2, 2)
+    assert run["step"] == 0 and run["step_reason"] == provenance.LATEST_NO_VALIDATION
+    assert run["model_config"] == config.to_dict(MODEL) and "python" in run["command"]
+    # A flag wins over the checkpoint.
+    override = evaluate_imc.run(str(directory), str(folder), str(tmp_path / "out2"), patch=PATCH, crop=16,
+                                samples=4, batch_size=BATCH, progress=False)["run"]
+    assert (override["crop"], override["samples"], override["settings_from_checkpoint"]) == (16, 4, [])
+    assert (override["n_photos_used"], override["n_patches_used"]) == (2, 2)
+
+    evaluate_imc.print_summary(report, str(tmp_path / "out"))
+    out = capsys.readouterr().out
+    assert "6 samples from 2 patches of 2 photos" in out and f"crop {CROP}" in out
+    assert "| 1 | IMC-25 | 27 |" in out and taxonomy.LEVEL_NAMES_NOTE in out
+
+
+def test_checkpoint_photo_folder_that_is_not_here_is_named(saved_model, tmp_path):
+    directory = tmp_path / "run"
+    checkpoint.save_model(directory, MODEL, saved_model[1])
+    (directory / "flags.txt").write_text("--data_dir=/nowhere/dresden\n")
+    with pytest.raises(ValueError, match=r"/nowhere/dresden: the photo folder the checkpoint was trained on .*--data_dir"):
+        evaluate_imc.run(str(directory), None, str(tmp_path / "out"), progress=False)
+
+
+def test_report_tables_say_why_level_names_and_class_counts_differ(tmp_path):
+    level = 4
+    summary = {"val_loss": 1.0, **{f"L{j}_top{k}": 0.5 for j in range(level + 1) for k in imc_task.TOPK}}
+    imc_task.write_imc_report(tmp_path, summary, None, level)
+    markdown = (tmp_path / "imc_report.md").read_text()
+    assert "| 1 | IMC-25 | 27 |" in markdown and "| 4 | IMC-185 | 191 |" in markdown
+    assert "name (paper's) | classes (this taxonomy's)" in markdown and taxonomy.LEVEL_NAMES_NOTE in markdown
+    assert "IMC-25 has 27 classes, IMC-185 has 191" in taxonomy.LEVEL_NAMES_NOTE
+    assert json.loads((tmp_path / "imc_report.json").read_text())["level_names"] == taxonomy.LEVEL_NAMES_NOTE
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 4])
+def test_confusion_labels_are_distinct_short_and_keyed(level):
+    names = taxonomy.class_names(level)
+    labels, key = imc_task.confusion_labels(names)
+    assert len(set(labels)) == len(names) and max(map(len, labels)) <= 24
+    for name, label in zip(names, labels):
+        if label != name:  # a short label with a number, and the full name in the key
+            number = label.rsplit("[", 1)[1].rstrip("]")
+            assert f"[{number}] {name}" in key
+    if level == 1:
+        assert labels[10:14] == [f"JPEGDoubleCompress [{i}]" for i in range(1, 5)]

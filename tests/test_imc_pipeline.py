@@ -90,6 +90,23 @@ def test_shards_partition_the_global_order():
         imc_pipeline.ordered_patches(whole, seed=4, shard_index=3, shard_count=3)
 
 
+def test_the_process_count_changes_the_samples_and_a_repeat_does_not(index):
+    """What the README promises: the same process count repeats a stream exactly; another process
+    count trains on other samples (each shard draws its own), so its numbers differ."""
+    def global_batches(shard_count):
+        shards = [take_batches(iter(imc_pipeline.make_train_dataset(
+            index, seed=0, batch_size=4 // shard_count, level=0, crop=32, shard_index=i,
+            shard_count=shard_count)), 2) for i in range(shard_count)]
+        return [{k: np.concatenate([s[b][k] for s in shards]) for k in shards[0][b]} for b in range(2)]
+
+    def contents(batch):  # the samples, whatever their order in the batch
+        return sorted(image.tobytes() + leaf.tobytes() for image, leaf in zip(batch["image"], batch["leaf"]))
+
+    one, two = global_batches(1), global_batches(2)
+    assert_same_batches(two, global_batches(2))
+    assert all(contents(a) != contents(b) for a, b in zip(one, two))
+
+
 def test_val_plan_is_balanced_over_leaves_and_patches(index):
     plan = imc_pipeline.make_val_plan(index.val, seed=0, n_samples=2 * manipulations.NUM_LEAVES)
     assert plan == imc_pipeline.make_val_plan(index.val, seed=0, n_samples=2 * manipulations.NUM_LEAVES)

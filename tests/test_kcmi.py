@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import kcmi as kcmi_cli
+from mantra_jax import provenance
 from mantra_jax.eval import kcmi
 from mantra_jax.nn import config, featex, model
 from mantra_jax.train import checkpoint
@@ -165,14 +166,25 @@ def test_featex_features_average_the_centre_crop():
     assert feature(rgb).shape == (MODEL.feature_dim,)
 
 
-def test_cli_on_a_saved_checkpoint(tmp_path):
+def test_cli_on_a_saved_checkpoint(tmp_path, capsys):
     checkpoint.save_model(tmp_path / "ckpt", MODEL, random_variables(MODEL, 0))
     root = camera_folder(tmp_path / "cams", per_camera=2, size=(20, 20))
-    result = kcmi_cli.run(str(tmp_path / "ckpt"), str(root), str(tmp_path / "out"), k=7, crop=16, progress=False)
+    result = kcmi_cli.run(str(tmp_path / "ckpt"), str(root), str(tmp_path / "out"), k=7, crop=16, step="latest",
+                          progress=False)
     assert result["n_test"] == 3 and 0.0 <= result["accuracy"] <= 1.0
     assert result["feature_dim"] == MODEL.feature_dim
     report = json.loads((tmp_path / "out" / "kcmi_report.json").read_text())
     assert report["run"]["crop"] == 16 and report["images"][0] == "canon/img0.png"
+    # The report says which step it scored and why, with the model and the command line.
+    run = report["run"]
+    assert run["checkpoint"] == str((tmp_path / "ckpt").absolute()) and run["step"] == 0
+    assert run["step_choice"] == "latest" and run["step_reason"] == provenance.LATEST
+    assert run["model_config"] == config.to_dict(MODEL) and run["command"]
+    assert "step 0 (latest)" in (tmp_path / "out" / "kcmi_report.md").read_text()
+    kcmi_cli.print_summary(result, str(tmp_path / "out"))
+    table = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [cell.strip() for cell in table[0]] == ["camera", "photos", "fitted", "scored", "accuracy %"]
+    assert [row[0].strip() for row in table[1:]] == list(CAMERAS)
 
 
 def test_cli_checks_the_folder_before_loading_the_model(tmp_path):

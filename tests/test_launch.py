@@ -435,6 +435,115 @@ def test_summary_of_an_empty_root_is_an_error(tmp_path):
     assert result.returncode == 2 and "no trial directories" in result.stderr
 
 
+def _finished_trials(root, metrics_by_trial, summary=None):
+    for name, metrics in metrics_by_trial.items():
+        write(root / name / "final_metrics.json", json.dumps(metrics))
+    if summary is not None:
+        write(root / "sweep.json", json.dumps({"summary": summary}))
+    return root
+
+
+def test_summary_ranks_accuracies_highest_first_whatever_the_spec_mode_for_its_loss(tmp_path):
+    # Every shipped spec says mode = "min" for val_loss: that must not rank an accuracy worst first.
+    root = _finished_trials(tmp_path / "r", {
+        "low": {"val_loss": 0.5, "L0_top1": 0.171, "step": 300},
+        "high": {"val_loss": 0.9, "L0_top1": 0.316, "step": 300}},
+        summary={"metric": "val_loss", "mode": "min"})
+    result = run_script([LAUNCH / "sweep.py", "summarize", root, "--metric", "L0_top1"])
+    assert result.returncode == 0, result.stderr
+    assert "higher is better" in result.stdout
+    rows = [line.split("|")[2].strip() for line in result.stdout.splitlines()[4:6]]
+    assert rows == ["high", "low"]
+    markdown, _ = sweep.summarize(root)  # the spec's own metric, with its mode
+    assert "ranked by val_loss (lower is better)" in markdown
+    assert [line.split("|")[2].strip() for line in markdown.splitlines()[4:6]] == ["low", "high"]
+
+
+@pytest.mark.parametrize("metric, mode", [
+    ("val_loss", "min"), ("best_val_loss", "min"), ("loss", "min"), ("L0_top1", "max"), ("L5_top10", "max"),
+    ("auc_overall", "max"), ("pixel_auc_mean", "max"), ("f1_splicing", "max"), ("f1_at_0.5_mean", "max"),
+    ("iou_at_0.5_mean", "max"), ("image_balanced_accuracy_best", "max"), ("val_acc", "max"),
+    ("step", None), ("lr", None), ("grad_norm", None), ("forged_share", None)])
+def test_metric_directions(metric, mode):
+    assert sweep.metric_mode(metric) == mode
+
+
+def test_unknown_metrics_need_a_mode_and_missing_ones_are_refused(tmp_path):
+    root = _finished_trials(tmp_path / "r", {"a": {"val_loss": 0.5, "grad_norm": 2.0},
+                                             "b": {"val_loss": 0.4, "grad_norm": 1.0}})
+    result = run_script([LAUNCH / "sweep.py", "summarize", root, "--metric", "grad_norm"])
+    assert result.returncode == 2 and "pass --mode min or --mode max" in result.stderr
+    assert not (root / "summary.md").exists()
+    markdown, _ = sweep.summarize(root, metric="grad_norm", mode="min")
+    assert [line.split("|")[2].strip() for line in markdown.splitlines()[4:6]] == ["b", "a"]
+    result = run_script([LAUNCH / "sweep.py", "summarize", root, "--metric", "val_top1_L5"])
+    assert result.returncode == 2
+    assert "reports 'val_top1_L5'" in result.stderr and "grad_norm, val_loss" in result.stderr
+
+
+@pytest.mark.parametrize("summary, message", [
+    ('metric = "L0_top1"\nmode = "min"', "contradicts L0_top1"),
+    ('mode = "max"', "needs \\[summary\\].metric"),
+])
+def test_spec_summary_modes_are_checked(tmp_path, summary, message):
+    spec = write(tmp_path / "s.toml", f"""
+        module = "experiments.imc385"
+        workdir = "runs/x"
+        [grid]
+        level = [0, 1]
+        [summary]
+        {summary}
+    """.replace("\n", "\n        "))
+    with pytest.raises(sweep.SpecError, match=message):
+        sweep.load_sweep(spec)
+
+
+def _trainer_metric_names():
+    """Every name the two trainers write into final_metrics.json: their tasks' validation summaries
+    (from the real eval_sums and summarize, traced on tiny networks) plus the loop's own keys."""
+    import jax
+    import numpy as np
+
+    from mantra_jax.imc import taxonomy
+    from mantra_jax.nn import config, model
+    from mantra_jax.train import imc, mantranet
+
+    names = {"step", "best_step", "best_val_loss"}  # mantra_jax.train.loop.train
+    imc_cfg = config.make_config(width_scale=0.0625, backbone="baseline", head="imc",
+                                 num_classes=taxonomy.num_classes(5))
+    ladn_cfg = config.make_config(width_scale=0.0625, backbone="baseline", windows=(3,))
+    for task, batch in (
+            (imc.make_task(imc_cfg, level=5, patch_index=None, learning_rate=1e-3),
+             {"image": np.zeros((2, 16, 16, 3), np.uint8), "label": np.zeros(2, np.int32),
+              "leaf": np.zeros(2, np.int32), "weight": np.ones(2, np.float32)}),
+            (mantranet.make_task(ladn_cfg, patch_index=None),
+             {"image": np.zeros((5, 16, 16, 3), np.uint8), "mask": np.ones((5, 16, 16), np.uint8),
+              "kind": np.array([0, 1, 2, 3, -1], np.int32), "weight": np.ones(5, np.float32)})):
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), task.model_cfg))
+        shapes = jax.eval_shape(lambda v, b: task.eval_sums(v, b, jax.numpy.float32), variables, batch)
+        sums = jax.tree.map(lambda s: np.ones(s.shape, np.float64), shapes)
+        if "hist" in sums:  # forged pixels scored high, pristine ones low: every AUC is defined
+            sums["hist"][:, 0, 1:] = 0
+            sums["hist"][:, 1, :-1] = 0
+        names |= set(task.summarize(sums))
+    return names
+
+
+def test_every_metric_the_trainers_write_has_its_direction_and_the_docs_name_real_ones():
+    names = _trainer_metric_names()
+    assert {"val_loss", "L0_top1", "L5_top10", "f1_overall", "auc_copy_move"} <= names
+    for name in names - {"step", "best_step"}:
+        assert sweep.metric_mode(name) == ("min" if "loss" in name else "max"), name
+    documented = set()
+    for path in [LAUNCH / "README.md", REPO / "README.md", *SWEEPS.glob("*.toml")]:
+        documented |= {(path.name, m) for m in re.findall(r"--metric[= ]([A-Za-z0-9_.]+)", path.read_text())}
+        if path.suffix == ".toml":
+            metric = sweep.read_spec(path).get("summary", {}).get("metric")
+            documented |= {(path.name, metric)} if metric else set()
+    assert documented, "the docs show no summarize --metric"
+    assert [(f, m) for f, m in sorted(documented) if m not in names] == []
+
+
 # ------------------------------------------------------------------------------------------------
 # SLURM job arrays with a fake sbatch and srun
 # ------------------------------------------------------------------------------------------------

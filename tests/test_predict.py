@@ -1,5 +1,6 @@
 """Inference from Python and from the command line, on a tiny random-weight checkpoint."""
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -152,11 +153,14 @@ def folder(tmp_path_factory):
 
 def test_cli_on_a_folder(folder, ckpt, predictor, tmp_path, capsys):
     out = tmp_path / "out"
-    status = predict.main(["--checkpoint", str(ckpt), "--out", str(out), "--npy", str(folder)])
+    status = predict.main(["--checkpoint", str(ckpt), "--out", str(out), "--step", "latest", "--npy", str(folder)])
     assert status == 0
     err = capsys.readouterr().err
     assert "broken.png" in err and "skipped" in err
     assert "5/6" in err or "6/6" in err  # the progress bar
+    run = json.loads((out / "run.json").read_text())  # which step made these masks, and why
+    assert (run["step"], run["step_choice"], run["step_reason"]) == (0, "latest", "latest")
+    assert run["model_config"] == config.to_dict(TINY) and "step 0 (latest)" in err
 
     with open(out / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -2,6 +2,9 @@
 import csv
 import hashlib
 import json
+import os
+import re
+from pathlib import Path
 
 import cv2
 import jax
@@ -11,10 +14,12 @@ import pytest
 from experiments import sensitivity as sensitivity_cli
 from mantra_jax.data import photos
 from mantra_jax.eval import sensitivity
+from mantra_jax.imc import manipulations, taxonomy
 from mantra_jax.nn import config, model, tiled
 from tests.helpers import write_photo_folder
 
 PATCH = 48
+REPO = Path(__file__).resolve().parents[1]
 TYPES = ["Quantization", "Dithering", "JPEGCompress"]  # 25 leaves; each one changes a noise image
 SMALL_LEVELS = dict(downscale_factors=(1.0, 0.5), jpeg_qualities=(90, 50), blur_kernels=(3, 7))
 
@@ -187,13 +192,60 @@ def test_cli_writes_csv_and_plots_deterministically(index, tmp_path):
     assert json.loads((tmp_path / "a" / "run.json").read_text())["n_leaves"] == 33
 
 
-def test_family_plot_lines_split_double_jpeg_by_first_quality():
-    leaves = sensitivity.select_leaves(["JPEGDoubleCompress", "Dithering"])
-    rows = [{"leaf": m.leaf, "type": m.type, "param": "", "auc": 0.6, "family": m.family} for m in leaves]
-    lines, flat = sensitivity._family_lines(rows)
-    assert len(lines) == 8 and all(len(x) == 8 and x == sorted(x) for _, x, _ in lines)
-    assert [label for label, _, _ in lines][:2] == ["JPEGDoubleCompress Q1=36", "JPEGDoubleCompress Q1=44"]
-    assert flat == [("Dithering", 0.6)]
+def test_every_manipulation_type_names_its_parameter_and_unit():
+    for type_name in manipulations.types():
+        axis = sensitivity.parameter_axis(type_name)
+        if type_name == "Dithering":
+            assert axis is None  # a fixed palette: no parameter
+            continue
+        assert "parameter" not in axis and re.search(r" [A-Za-z]\d? \(.+\)", axis), (type_name, axis)
+    with pytest.raises(KeyError, match="Blurr"):
+        sensitivity.parameter_axis("Blurr")
+
+
+def _rows(leaves, auc=0.6):
+    return [{"leaf": m.leaf, "type": m.type, "param": taxonomy.LEAF_TABLE[m.leaf].param, "auc": auc,
+             "family": m.family} for m in leaves]
+
+
+def test_drawn_panels_name_each_axis_and_say_what_q1_and_q2_are():
+    import matplotlib.pyplot as plt
+
+    rows = _rows(manipulations.REGISTRY)
+    families = {}
+    for row in rows:
+        families.setdefault(row["family"], []).append(row)
+    drawn = {}
+    for family, family_rows in families.items():
+        panels = sensitivity.family_panels(family, family_rows)
+        fig, axes = sensitivity.panel_figure(panels, columns=len(panels))
+        for ax in axes.ravel()[:len(panels)]:
+            legend = [t.get_text() for t in ax.get_legend().get_texts()]
+            drawn[ax.get_title()] = (ax.get_xlabel(), legend)
+            assert ax.get_xlabel() and "parameter" not in ax.get_xlabel().replace("no parameter", "")
+        plt.close(fig)
+    xlabel, legend = drawn["compression: JPEGDoubleCompress (saved at Q1, then at Q2)"]
+    assert xlabel.startswith("second JPEG quality Q2 (0-100")
+    assert legend[:2] == ["first quality Q1 = 36", "first quality Q1 = 44"] and len(legend) == 8
+    resampling = [title for title in drawn if title.startswith("resampling")]
+    assert len(resampling) == 1 and len(drawn[resampling[0]][1]) == 5  # one scale axis, 5 interpolations
+    assert drawn["blur: BoxBlur, GaussianBlur, MedianBlur"][0] == "kernel size K (pixels, K x K)"
+    assert drawn["blur: WaveletBlur"][0] == "std of the noise removed K (8-bit levels)"
+    assert "Dithering (no parameter)" in drawn["quantization: Quantization"][1]
+
+
+def test_double_jpeg_lines_run_over_q2_for_each_q1():
+    (panel,) = sensitivity.family_panels("compression", _rows(sensitivity.select_leaves(["JPEGDoubleCompress"])))
+    assert len(panel.lines) == 8 and all(len(x) == 8 and x == sorted(x) for _, x, _ in panel.lines)
+    q1_36 = {m.param_value[1] for m in taxonomy.LEAF_TABLE if m.type == "JPEGDoubleCompress" and m.param_value[0] == 36}
+    assert panel.lines[0][0] == "first quality Q1 = 36" and set(panel.lines[0][1]) == q1_36
+
+
+def test_type_summary_table():
+    rows = [dict(r, auc=a) for r, a in zip(_rows(sensitivity.select_leaves(["WaveletBlur"])), [0.5, 0.9, 0.7, 0.6])]
+    (row,) = sensitivity.type_summary(rows)
+    assert row[:4] == ["WaveletBlur", "blur", "std of the noise removed K", 4]
+    assert row[4] == pytest.approx(0.675) and row[5] == "0.500 (K3)" and row[6] == "0.900 (K5)"
 
 
 def test_empty_test_split_names_the_folder(tmp_path):
@@ -249,3 +301,30 @@ def test_scores_are_exact_aucs_on_concentrated_predictions():
                       np.concatenate([m.ravel() for m in masks]))
     assert result["group"]["auc"] == pytest.approx(np.mean(per_image), abs=1e-12)
     assert result["group"]["auc_pooled"] == pytest.approx(pooled, abs=1e-12)
+
+
+def test_command_line_records_the_step_takes_the_checkpoint_defaults_and_prints_tables(index, tmp_path):
+    import subprocess
+    import sys
+
+    from mantra_jax.train import checkpoint
+
+    cfg = config.make_config(width_scale=0.125, backbone="baseline", windows=(3,))
+    checkpoint.save_model(tmp_path / "ckpt", cfg, jax.tree.map(np.asarray, model.init(jax.random.key(0), cfg)))
+    # The trainer's flags.txt: the patch size and the photo folder it was trained with.
+    (tmp_path / "ckpt" / "flags.txt").write_text(f"--patch_size={PATCH}\n--data_dir={index.root}\n")
+    command = [sys.executable, "-m", "experiments.sensitivity", f"--checkpoint={tmp_path / 'ckpt'}",
+               f"--out={tmp_path / 'out'}", "--types=Quantization,Dithering", "--per_param=1", "--robust_samples=2",
+               "--downscale_factors=1.0", "--jpeg_qualities=90", "--blur_kernels=3", "--batch_size=4"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["checkpoint"] == str((tmp_path / "ckpt").absolute()) and run["step"] == 0
+    assert run["step_choice"] == "best" and run["step_reason"] == "latest: no validation loss recorded"
+    assert run["model_config"] == config.to_dict(cfg) and "-m experiments.sensitivity" in run["command"]
+    assert (run["patch"], run["data_dir"], run["settings_from_checkpoint"]) == (PATCH, index.root, ["data_dir", "patch"])
+    tables = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert ["Quantization", "quantization", "palette size C", "8"] == [c.strip() for c in tables[1][:4]]
+    assert [c.strip() for c in tables[2][:4]] == ["Dithering", "quantization", "-", "1"]
+    assert {(row[0].strip(), row[1].strip()) for row in tables} >= {("none", "0"), ("jpeg", "90"), ("edge_blur", "3")}

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mantra_jax import provenance
 from mantra_jax.data import imc_pipeline
 from mantra_jax.data.photos import PatchIndex
 from mantra_jax.imc import taxonomy
@@ -27,6 +28,10 @@ from mantra_jax.train import imc as imc_task
 
 # The seed of the trainer's fixed validation set (mantra_jax.train.imc.make_task).
 TRAINER_VAL_SEED = 12345
+# The trainer's defaults (experiments/imc385.py, experiments/common.py), for checkpoints that do
+# not say what they were trained with.
+DEFAULT_CROP = 128
+DEFAULT_SAMPLES = 3800
 
 Progress = Callable[[int, int], None]
 
@@ -49,8 +54,8 @@ def trained_level(cfg: ModelConfig, where: str = "checkpoint") -> int:
 
 
 def evaluate(cfg: ModelConfig, variables: dict, index: PatchIndex, *, split: str = "test",
-             n_samples: int = 3800, batch_size: int = 64, crop: int = 128, seed: int = TRAINER_VAL_SEED,
-             dtype=jnp.float32, progress: Optional[Progress] = None) -> tuple[dict, dict, int]:
+             n_samples: int = DEFAULT_SAMPLES, batch_size: int = 64, crop: int = DEFAULT_CROP,
+             seed: int = TRAINER_VAL_SEED, dtype=jnp.float32, progress: Optional[Progress] = None) -> tuple[dict, dict, int]:
     """Scores an IMC network on `n_samples` manipulated crops of one split of `index`.
 
     Returns (summary, sums, level): `summary` as the trainer's `summarize` gives it ("val_loss"
@@ -81,6 +86,16 @@ def evaluate(cfg: ModelConfig, variables: dict, index: PatchIndex, *, split: str
     return task.summarize(sums), sums, level
 
 
+def sample_usage(index: PatchIndex, *, split: str, n_samples: int, seed: int = TRAINER_VAL_SEED,
+                 crop: int = DEFAULT_CROP) -> dict:
+    """How much of the split a sample set uses: photos and patches in the split, and used."""
+    entries = index.entries(split)
+    plan = imc_pipeline.make_val_plan(entries, seed=seed, n_samples=n_samples, patch_size=index.patch_size,
+                                      crop=crop) if entries else []
+    return {"n_photos_in_split": len({e.path for e in entries}), "n_patches_in_split": len(entries),
+            "n_photos_used": len({s.entry.path for s in plan}), "n_patches_used": len({s.entry for s in plan})}
+
+
 def write_report(out_dir, summary: dict, sums: dict, level: int, *, run: Optional[dict] = None,
                  prefix: str = "imc_report") -> Path:
     """The trainer's report (imc_report.json/.md, confusion_L1.png, or L0 for a level-0 model),
@@ -97,6 +112,5 @@ def write_report(out_dir, summary: dict, sums: dict, level: int, *, run: Optiona
         if run.get("split"):  # the trainer's writer speaks of validation; say which split this is
             text = text.replace("IMC validation report", f"IMC report on the {run['split']} split", 1)
             text = text.replace("validation loss", f"{run['split']} loss", 1)
-        lines = ", ".join(f"{k}: {v}" for k, v in run.items())
-        md_path.write_text(text + f"\n{lines}\n")
+        md_path.write_text(text + "\n" + "\n\n".join(provenance.markdown_lines(run)) + "\n")
     return json_path

@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from mantra_jax import provenance
 from mantra_jax.data import images
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 H x W x 3 RGB -> feature vector (C,)
@@ -300,7 +301,7 @@ def write_report(out_dir, result: dict, *, run: Optional[dict] = None) -> Path:
     if result.get("skipped"):
         lines += ["", f"{len(result['skipped'])} unreadable photo(s) skipped (see kcmi_report.json)."]
     if run:
-        lines += ["", ", ".join(f"{k}: {v}" for k, v in run.items())]
+        lines += [part for line in provenance.markdown_lines(run) for part in ("", line)]
     (out_dir / "kcmi_report.md").write_text("\n".join(lines) + "\n")
     plot_confusion(np.asarray(result["confusion"], np.float64), list(result["cameras"]), out_dir / "kcmi_confusion.png",
                    title=f"KCMI {result['k']}-NN: accuracy {100 * result['accuracy']:.1f} %")

@@ -83,7 +83,8 @@ def markdown_report(summary: Mapping, skipped: Sequence[Mapping] = ()) -> str:
     run = {**summary.get("run", {}), **summary.get("options", {})}
     if run:
         lines += ["", "| run and options | value |", "|---|---|"]
-        lines += [f"| {key} | {_format(value)} |" for key, value in run.items()]
+        lines += [f"| {key} | {_format(value)} |" for key, value in run.items()
+                  if not isinstance(value, Mapping)]  # the model configuration: in report.json
     if skipped:
         reasons = collections.Counter((s["kind"], s["reason"]) for s in skipped)
         lines += ["", "| skipped (kind) | reason | files |", "|---|---|---|"]

@@ -24,6 +24,11 @@ import numpy as np
 LEVELS = 6
 LEVEL_SIZES = (7, 27, 49, 96, 191, 380)
 LEVEL_NAMES = ("IMC-7", "IMC-25", "IMC-49", "IMC-96", "IMC-185", "IMC-385")
+# What report tables say next to the names, so that "IMC-25" with 27 classes reads as intended.
+LEVEL_NAMES_NOTE = (
+    "Level names are the paper's (IMC-7 ... IMC-385); class counts are this taxonomy's, a copy of the "
+    "paper's published hierarchy figure, which has " + " / ".join(map(str, LEVEL_SIZES)) + " classes "
+    "at levels 0-5 (so IMC-25 has 27 classes, IMC-185 has 191 and IMC-385 has 380).")
 LEAF_LEVEL = LEVELS - 1
 
 # The CSV numbers the families 1..7; their names come from taxonomy.md.

@@ -206,3 +206,51 @@ def load_model(directory, *, step: Optional[int] = None, which: str = "best"):
     raise CheckpointError(f"{directory}: no readable checkpoint step:\n  " + "\n  ".join(errors))
 
 
+def load_model_at(directory, step=None):
+    """(ModelConfig, variables, provenance) of one step choice: "best" (the trainer's best step by
+    validation loss; the latest one when it recorded none), "latest" or a step number; None: the
+    default choice (mantra_jax.provenance.DEFAULT_STEP, best).
+
+    `provenance` is the report entry of mantra_jax.provenance.checkpoint_record: the folder, the
+    step, why that step, the model configuration and the command line.
+    """
+    from mantra_jax import provenance
+
+    choice = provenance.parse_step(provenance.DEFAULT_STEP if step is None else step)
+    directory = Path(directory).absolute()
+    read_model_config(directory)  # a folder that is no checkpoint fails here, with its name
+    steps_dir = directory / STEPS_DIR
+    if not steps_dir.is_dir():
+        raise CheckpointError(f"{directory}: no {STEPS_DIR}/ folder with saved steps")
+    manager = ocp.CheckpointManager(steps_dir, options=ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False))
+    try:
+        steps = sorted(manager.all_steps())
+        newest, meta, errors = None, {}, []
+        for s in reversed(steps):  # the newest step whose metadata reads
+            try:
+                meta = dict(manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+                newest = s
+                break
+            except Exception as e:  # noqa: BLE001 - an unreadable step: try the previous one
+                errors.append(f"step {s}: {_short(e)}")
+    finally:
+        manager.close()
+    if newest is None:
+        raise CheckpointError(f"{steps_dir}: no saved step" if not steps else
+                              f"{directory}: no readable checkpoint step:\n  " + "\n  ".join(errors))
+    best = meta.get("best_step")
+    if isinstance(choice, int):
+        if choice not in steps:
+            raise CheckpointError(f"{directory}: no step {choice}; the saved steps are {steps}")
+        target, reason = choice, provenance.ASKED_FOR
+    elif choice == "best" and meta.get("best_val_loss") is not None and best in steps:
+        target, reason = int(best), provenance.BEST_BY_VALIDATION
+    elif choice == "best" and meta.get("best_val_loss") is not None:
+        target, reason = newest, f"latest: the best step {best} is not saved"
+    else:
+        target = newest
+        reason = provenance.LATEST if choice == "latest" else provenance.LATEST_NO_VALIDATION
+    cfg, variables = load_model(directory, step=target)
+    record = provenance.checkpoint_record(directory, step=target, choice=choice, reason=reason, meta=meta,
+                                          model_config=config_lib.to_dict(cfg))
+    return cfg, variables, record

@@ -5,7 +5,8 @@ level). It is fully convolutional and predicts a class map (the paper's Fig. 3b)
 meets it through the map's spatial mean: the loss is the cross-entropy of the spatially averaged
 logits (global average pooling of the class map), computed without materialising the map
 (`featex.imc_head_pooled`). Validation reports top-1/3/5/10 at the trained level and, through the
-hierarchy, at every coarser level, plus a confusion matrix at level 1 (the 27 types).
+hierarchy, at every coarser level, plus a confusion matrix at level 1 (27 classes: 24 types, the
+double-JPEG type in 4 groups of parameters; long names are numbered and keyed under the plot).
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ def write_imc_report(outdir, summary: dict, sums: Optional[dict], level: int, pr
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     report = {"trained_level": level, "val_loss": summary["val_loss"], "n_samples": float(sums["n"]) if sums else None,
-              "levels": {}}
+              "level_names": taxonomy.LEVEL_NAMES_NOTE, "levels": {}}
     for j in range(level + 1):
         report["levels"][str(j)] = {
             "name": taxonomy.LEVEL_NAMES[j],
@@ -135,17 +136,41 @@ def write_imc_report(outdir, summary: dict, sums: Optional[dict], level: int, pr
     (outdir / f"{prefix}.json").write_text(json.dumps(report, indent=1))
     lines = [f"# IMC validation report (trained at level {level}, {taxonomy.LEVEL_NAMES[level]})", "",
              f"validation loss {summary['val_loss']:.4f}", "",
-             "| level | name | classes | top-1 | top-3 | top-5 | top-10 |", "|---|---|---|---|---|---|---|"]
+             "| level | name (paper's) | classes (this taxonomy's) | top-1 % | top-3 % | top-5 % | top-10 % |",
+             "|---|---|---|---|---|---|---|"]
     for j, r in report["levels"].items():
         lines.append(f"| {j} | {r['name']} | {r['classes']} | " + " | ".join(f"{100 * r[f'top{k}']:.1f}" for k in TOPK) + " |")
+    lines += ["", taxonomy.LEVEL_NAMES_NOTE]
     (outdir / f"{prefix}.md").write_text("\n".join(lines) + "\n")
     if sums is not None and "confusion" in sums:
         j = confusion_level(level)
-        plot_confusion(np.asarray(sums["confusion"]), taxonomy.class_names(j),
-                       outdir / f"confusion_L{j}.png", title=f"IMC confusion at level {j} ({taxonomy.LEVEL_NAMES[j]})")
+        plot_confusion(np.asarray(sums["confusion"]), taxonomy.class_names(j), outdir / f"confusion_L{j}.png",
+                       title=f"IMC confusion at level {j} ({taxonomy.LEVEL_NAMES[j]}: the paper's name; "
+                             f"{taxonomy.num_classes(j)} classes here)")
+
+
+def confusion_labels(names, max_chars: int = 24) -> tuple[list[str], list[str]]:
+    """(tick labels, key lines): names of at most `max_chars` characters are their own label; a
+    longer one gets a short label with a number, "JPEGDoubleCompress [1]" (the part before a ":",
+    else its start), and a key line "[1] <full name>". Labels are distinct whenever names are."""
+    labels, key = [], []
+    for name in names:
+        if len(name) <= max_chars:
+            labels.append(name)
+            continue
+        tag = f" [{len(key) + 1}]"
+        stem = name.split(":", 1)[0] if ":" in name else name
+        if len(stem) + len(tag) > max_chars:
+            stem = stem[: max_chars - len(tag) - 1].rstrip() + "~"
+        labels.append(stem + tag)
+        key.append(f"[{len(key) + 1}] {name}")
+    return labels, key
 
 
 def plot_confusion(matrix, names, path, title=""):
+    """The row-normalised confusion matrix as an image, long class names keyed below it."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,15 +179,20 @@ def plot_confusion(matrix, names, path, title=""):
     rows = matrix.sum(axis=1, keepdims=True)
     norm = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
     n = len(names)
-    short = [s if len(s) <= 24 else s[:22] + ".." for s in names]
-    fig, ax = plt.subplots(figsize=(4 + 0.32 * n, 3.5 + 0.3 * n))
+    labels, key = confusion_labels(names)
+    width = 4 + 0.32 * n
+    key_lines = [part for line in key for part in textwrap.wrap(line, int(width * 15), subsequent_indent="     ")]
+    key_height = 0.15 * len(key_lines) + (0.2 if key_lines else 0.0)
+    fig, ax = plt.subplots(figsize=(width, 3.5 + 0.3 * n + key_height))
     im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(n), short, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), short, fontsize=7)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), labels, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
-    fig.tight_layout()
+    if key_lines:
+        fig.text(0.01, 0.01, "\n".join(key_lines), fontsize=7, va="bottom", ha="left")
+    fig.tight_layout(rect=(0, key_height / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
