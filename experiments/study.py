@@ -48,6 +48,9 @@ flags.DEFINE_list("parts", ["imc_hl0", "imc_hl5", "e2e_random", "e2e_half_freeze
 flags.DEFINE_integer("imc_eval_samples", 3800, "Manipulated test crops per IMC evaluation (10 per leaf).",
                      lower_bound=1)
 flags.DEFINE_string("package_dir", "checkpoints", "Where the package part writes mantranet_small/ and imc_small/.")
+flags.DEFINE_string("package_e2e", "", "Run packaged as mantranet_small (empty: the end-to-end run with the best "
+                    "synthetic validation AUC).")
+flags.DEFINE_string("package_imc", "", "Run packaged as imc_small (empty: imc_hl5).")
 flags.DEFINE_integer("max_images", 0, "COVERAGE images scored per set (0: all; for a quick check).", lower_bound=0)
 
 TRAIN_RUNS = {
@@ -140,6 +143,9 @@ def run_imc_eval() -> None:
     for name in IMC_RUNS:
         out = _out() / "eval" / name
         if (out / "imc_report.json").exists():
+            continue
+        if not (_out() / name / "final_metrics.json").exists():
+            _log(f"imc_eval {name}: not trained yet, skipped")
             continue
         crop = _flag_of(_out() / name, "crop")
         command = [sys.executable, "-m", "experiments.evaluate_imc", f"--checkpoint={_out() / name}",
@@ -392,17 +398,23 @@ def run_package() -> None:
     from mantra_jax.eval import reference
     from mantra_jax.train import checkpoint
 
-    name, chosen = best_e2e_run()
-    imc_source = _out() / "imc_hl5"
-    for source, target, extra in ((_out() / name, "mantranet_small", {"run": name, "chosen": chosen}),
-                                  (imc_source, "imc_small", {"run": "imc_hl5"})):
+    if FLAGS.package_e2e:
+        e2e_source = Path(FLAGS.package_e2e)
+        val = [r for r in _metrics(e2e_source) if r.get("kind") == "val"]
+        chosen = min(val, key=lambda r: r["val_loss"]) if val else {}
+    else:
+        name, chosen = best_e2e_run()
+        e2e_source = _out() / name
+    imc_source = Path(FLAGS.package_imc) if FLAGS.package_imc else _out() / "imc_hl5"
+    for source, target, extra in ((e2e_source, "mantranet_small", {"chosen_validation": chosen}),
+                                  (imc_source, "imc_small", {})):
         cfg, variables = checkpoint.load_model(source)
         destination = Path(FLAGS.package_dir) / target
         if destination.exists():
             import shutil
 
             shutil.rmtree(destination)
-        checkpoint.save_model(destination, cfg, variables, dict(extra, source=str(source)))
+        checkpoint.save_model(destination, cfg, variables, dict(extra, source_run=source.name))
         expected = reference.outputs(cfg, variables)
         (destination / "expected_outputs.json").write_text(json.dumps(expected, indent=1))
         _log(f"package: {source} -> {destination}")
