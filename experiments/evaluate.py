@@ -10,6 +10,7 @@ layouts (--preset): mantra_jax/eval/datasets.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
+from mantra_jax import workdir
+from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import datasets, pixel_metrics, plots, report
 from mantra_jax.train.reporting import ProgressLine
 
@@ -243,10 +246,13 @@ def evaluate_from_flags(fv: flags.FlagValues) -> dict:
     return run_evaluation(predictor.predict, pairs, authentic, fv.out, options, skipped=skipped, metadata=metadata)
 
 
+@exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    summary = evaluate_from_flags(flags.FLAGS)
+    out = flags.FLAGS.out  # a second run writing this folder is refused
+    with workdir.lock(out, what="evaluation") if out else contextlib.nullcontext():
+        summary = evaluate_from_flags(flags.FLAGS)
     headline = {k: summary.get(k) for k in ("n_images", "n_skipped", "pixel_auc_mean", "pixel_auc_pooled",
                                             "f1_at_0.5_mean", "f1_best_mean", "iou_at_0.5_mean", "image_auc")}
     print(json.dumps(headline, indent=2))

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mantra_jax import workdir
 from mantra_jax.data import images
 from mantra_jax.nn import model, tiled
 from mantra_jax.nn.config import ModelConfig
@@ -203,6 +204,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        with workdir.lock(out, what="predict run"):  # a second run writing this folder is refused
+            return _predict_into(args, out)
+    except workdir.Locked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _predict_into(args, out: Path) -> int:
     files, skipped, any_folder = collect_inputs(args.inputs, exclude=out)
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)

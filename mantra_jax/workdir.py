@@ -178,15 +178,14 @@ def differences(recorded: dict, settings: dict) -> list[str]:
 def check_run(workdir, settings: dict, recorded: Optional[dict] = None):
     """Raises OtherRun, naming the differences, when `workdir` holds a run of other settings.
 
-    `recorded` defaults to run.json; a partial record (an older work directory without run.json)
-    is compared on the settings it has.
+    `recorded` defaults to run.json. Settings the record lacks (added to the code since it was
+    written; an older work directory's model_config.json alone) are not compared.
     """
     if recorded is None:
         recorded = read_run(workdir)
     if recorded is None:
         return
-    diffs = differences(recorded, {k: v for k, v in settings.items() if k in recorded}
-                        if set(recorded) < set(settings) else settings)
+    diffs = differences(recorded, {k: v for k, v in settings.items() if k in recorded})
     if diffs:
         raise OtherRun(
             f"{workdir} holds another run; these settings differ from it:\n  " + "\n  ".join(diffs)

@@ -219,21 +219,22 @@ def _start_run(workdir: Path, task: Task, cfg: LoopConfig, files: dict):
     settings = run_settings(task, cfg)
     recorded = workdir_lib.read_run(workdir)
     if recorded is None and (workdir / ckpt_lib.CONFIG_FILE).is_file():  # from before run.json
-        recorded = {"model": json.loads((workdir / ckpt_lib.CONFIG_FILE).read_text())}
+        recorded = {"model": config_lib.to_dict(ckpt_lib.read_model_config(workdir))}
     if cfg.overwrite:
         deleted = workdir_lib.delete_run(workdir, RUN_ENTRIES + tuple(task.outputs))
         if deleted:
             print(f"--overwrite: deleted the earlier run in {workdir}: {', '.join(deleted)}",
                   file=sys.stderr, flush=True)
-    else:
+    steps = ckpt_lib.saved_steps(workdir)
+    if not cfg.overwrite:
         workdir_lib.check_run(workdir, settings, recorded)
-        steps = ckpt_lib.saved_steps(workdir)
         if steps and steps[-1] > cfg.total_steps:
             raise UserError(
                 f"{workdir} holds a run at step {steps[-1]}, past the {cfg.total_steps} steps asked "
                 f"for (--epochs {cfg.epochs} x --steps_per_epoch {cfg.steps_per_epoch}). Nothing was "
                 f"changed: give more --epochs, use another --workdir, or start over with --overwrite.")
-    workdir_lib.write_run(workdir, settings)
+    if recorded is not None or not steps or cfg.overwrite:
+        workdir_lib.write_run(workdir, settings)  # else once a step restores (see _train)
     ckpt_lib.write_model_config(workdir, task.model_cfg)
     for name, text in files.items():
         (workdir / name).write_text(text)
@@ -268,8 +269,10 @@ def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_ste
         if meta.get("seed") != cfg.seed:
             raise UserError(f"{workdir} holds a run with seed {meta.get('seed')}, not {cfg.seed}")
         log.info("resuming from step %d of %s", meta["step"], workdir)
-        if is_main:
-            reporting.truncate_after(workdir / "metrics.jsonl", meta["step"])
+    if is_main:  # rows past the step resumed from (none when starting) are from a lost attempt
+        reporting.truncate_after(workdir / "metrics.jsonl", int(meta["step"]))
+        if workdir_lib.read_run(workdir) is None:  # checkpoints without a run record: they fit
+            workdir_lib.write_run(workdir, run_settings(task, cfg))
     writer = reporting.MetricsWriter(workdir, enabled=is_main)
 
     # 5. The compiled steps.
