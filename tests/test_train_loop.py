@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import grain
 import jax
@@ -16,6 +17,7 @@ from mantra_jax.data import photos
 from mantra_jax.errors import UserError
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config
+from mantra_jax.nn import model as model_lib
 from mantra_jax.train import checkpoint, imc, loop
 from tests.helpers import hold_lock, write_photo_folder
 
@@ -121,9 +123,8 @@ def test_non_finite_loss_names_the_step_and_keeps_last_checkpoint(index, tmp_pat
     assert checkpoint.Checkpointer(tmp_path / "nan").steps()[-1] == 2
 
 
-def test_truncated_newest_checkpoint_falls_back_with_a_warning(index, tmp_path, caplog):
-    work = tmp_path / "run"
-    loop.train(make_task(index), loop_cfg(work, epochs=1))
+def test_truncated_newest_checkpoint_falls_back_with_a_warning(index, finished, tmp_path, caplog):
+    work = copy_of(finished, tmp_path)
     steps = checkpoint.Checkpointer(work).steps()
     assert steps == [1, 2]
     for f in (work / "checkpoints" / "2" / "params").rglob("*"):
@@ -149,14 +150,27 @@ def test_cli_rejects_bad_flags_before_writing(tmp_path):
 
 
 # -- a work directory belongs to one run (issue 14) ------------------------------------------------
+@pytest.fixture(scope="module")
+def finished(index, tmp_path_factory):
+    """A finished one-epoch run (2 steps); tests work on copies (`copy_of`)."""
+    work = tmp_path_factory.mktemp("finished") / "run"
+    loop.train(make_task(index), loop_cfg(work, epochs=1))
+    return work
+
+
+def copy_of(finished, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
 def snapshot(folder):
     """{relative path: bytes} of every file under `folder`."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_rerun_with_other_settings_is_refused_before_anything_is_written(index, tmp_path):
-    work = tmp_path / "run"
-    loop.train(make_task(index), loop_cfg(work, epochs=1))
+def test_rerun_with_other_settings_is_refused_before_anything_is_written(index, finished, tmp_path):
+    work = copy_of(finished, tmp_path)
     before = snapshot(work)
     wider = config.make_config(width_scale=0.125, backbone="baseline", head="imc",
                                num_classes=taxonomy.num_classes(LEVEL))
@@ -179,9 +193,8 @@ def test_rerun_with_other_settings_is_refused_before_anything_is_written(index, 
     assert snapshot(work) == before and not list((work / "checkpoints").glob("*.unreadable*"))
 
 
-def test_a_run_is_extended_or_started_over_explicitly(index, tmp_path, capsys):
-    work = tmp_path / "run"
-    loop.train(make_task(index), loop_cfg(work, epochs=1))
+def test_a_run_is_extended_or_started_over_explicitly(index, finished, tmp_path, capsys):
+    work = copy_of(finished, tmp_path)
     # More epochs and other bookkeeping: the same run, resumed at step 2.
     loop.train(make_task(index), loop_cfg(work, epochs=2, log_every=2, keep=3, checkpoint_every=2))
     assert json.loads((work / "final_metrics.json").read_text())["step"] == 4
@@ -213,9 +226,8 @@ def test_a_locked_work_directory_is_refused_naming_the_holder(index, tmp_path):
         assert sorted(p.name for p in work.iterdir()) == [".lock"]
 
 
-def test_a_checkpoint_of_another_configuration_is_named_never_renamed(index, tmp_path, capfd):
-    work = tmp_path / "run"
-    loop.train(make_task(index), loop_cfg(work, epochs=1))
+def test_a_checkpoint_of_another_configuration_is_named_never_renamed(index, finished, tmp_path, capfd):
+    work = copy_of(finished, tmp_path)
     wider = config.make_config(width_scale=0.125, backbone="baseline", head="imc",
                                num_classes=taxonomy.num_classes(LEVEL))
     # model_config.json that does not match the saved weights: say so, and which arrays.
@@ -224,7 +236,9 @@ def test_a_checkpoint_of_another_configuration_is_named_never_renamed(index, tmp
     with pytest.raises(checkpoint.ConfigurationMismatch,
                        match=r"model_config.json\) and the weights saved in step 2 disagree") as e:
         checkpoint.load_model(work)
-    assert "params['Featex']['b1c2']['kernel']: (3, 3, 5, 2) in the configuration, (3, 3, 5, 1) saved" in str(e.value)
+    shape = lambda cfg: jax.eval_shape(lambda: model_lib.init(jax.random.key(0), cfg))["params"]["Featex"]["b2c1"]["kernel"].shape
+    assert (f"params['Featex']['b2c1']['kernel']: {shape(wider)} in the configuration, {shape(MODEL)} saved"
+            in str(e.value))
     err = capfd.readouterr().err
     assert "Traceback" not in err and "unreadable" not in err
     # The trainer, on a work directory without any run record: refused, no step renamed.
@@ -263,10 +277,9 @@ def test_cli_user_errors_are_one_message_without_a_trace_and_write_nothing(index
         assert not work.exists()
 
 
-def test_cli_refuses_the_issue_rerun_and_exits_75_after_sigterm(index, tmp_path):
+def test_cli_refuses_the_issue_rerun_and_exits_75_after_sigterm(index, finished, tmp_path):
     # The issue's command: a rerun with another width over a finished run.
-    work = tmp_path / "run"
-    loop.train(make_task(index), loop_cfg(work, epochs=1))
+    work = copy_of(finished, tmp_path)
     before = snapshot(work)
     proc = run_imc385(f"--workdir={work}", f"--data_dir={index.root}", "--steps_per_epoch=2", "--width_scale=0.25")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -276,12 +289,12 @@ def test_cli_refuses_the_issue_rerun_and_exits_75_after_sigterm(index, tmp_path)
     work = tmp_path / "stopped"
     proc = subprocess.Popen([sys.executable, "-m", "experiments.imc385", *TINY_CLI, f"--workdir={work}",
                              f"--data_dir={index.root}", "--steps_per_epoch=10000", "--checkpoint_every=10000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # the progress line of step 1: the loop runs
         if line.startswith("step 1/"):
             proc.send_signal(signal.SIGTERM)
             break
-    _, err = proc.communicate(timeout=300)
+    err, _ = proc.communicate(timeout=300)
     assert proc.returncode == 75, err
     assert "rerun the same command to resume" in err
     assert checkpoint.Checkpointer(work).steps() and not (work / "final_metrics.json").exists()
