@@ -1,18 +1,31 @@
-"""Flags and set-up shared by the trainers (absl lives here and in the entry points only)."""
+"""Flags and set-up shared by the trainers (absl lives here and in the entry points only).
+
+Exit status of the trainers: 0 finished, 2 a user error (one message on stderr, nothing written:
+mantra_jax.errors.UserError), 75 stopped by SIGTERM after saving a checkpoint (EX_TEMPFAIL of
+sysexits.h, "try again later": rerun the same command to resume; launch/sweep.py counts such a
+trial as unfinished), anything else a crash (with its traceback).
+"""
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from absl import flags
 
+from mantra_jax.errors import UserError
 from mantra_jax.nn import config as config_lib
 
 FLAGS = flags.FLAGS
+PREEMPTED_EXIT_STATUS = 75  # os.EX_TEMPFAIL
 
 
 def define_common_flags(default_workdir: str):
-    flags.DEFINE_string("workdir", default_workdir, "Work directory: checkpoints, metrics, reports.")
+    flags.DEFINE_string("workdir", default_workdir, "Work directory: checkpoints, metrics, reports. It belongs to "
+                        "one run: a rerun with other settings is refused (see --overwrite).")
+    flags.DEFINE_bool("overwrite", False, "Start over: delete the earlier run in --workdir (checkpoints/, "
+                      "metrics.jsonl, tensorboard/, the reports, run.json, model_config.json, flags.txt; other "
+                      "files stay) instead of resuming it or refusing other settings.")
     flags.DEFINE_string("data_dir", "", "Folder of pristine photos (recursive). Empty: the bundled photos.")
     flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the data.", lower_bound=0)
     flags.DEFINE_integer("batch_size", 64, "Global batch size (over every process and device).", lower_bound=1)
@@ -66,12 +79,14 @@ def loop_config():
         plateau_patience=FLAGS.plateau_patience, plateau_factor=FLAGS.plateau_factor,
         precision=FLAGS.precision, grad_clip_norm=FLAGS.grad_clip_norm,
         checkpoint_every=FLAGS.checkpoint_every, keep=FLAGS.keep,
-        log_every=FLAGS.log_every)
+        log_every=FLAGS.log_every, overwrite=FLAGS.overwrite)
 
 
 def photo_index(data_dir: str, patch: int = 256):
     from mantra_jax.data import bundled, photos
 
+    if data_dir and not Path(data_dir).is_dir():
+        raise UserError(f"--data_dir {data_dir}: " + ("not a folder" if Path(data_dir).exists() else "does not exist"))
     folder = data_dir or bundled.default_photo_dir()
     index = photos.build_patch_index(folder, patch=patch)
     import jax
@@ -81,22 +96,20 @@ def photo_index(data_dir: str, patch: int = 256):
     return index
 
 
-def write_flags(workdir: str):
-    """The resolved flags, as a flagfile that reproduces the run."""
+def run_files() -> dict:
+    """The files the trainer writes into its work directory once the run is accepted: the
+    resolved flags, as a flagfile that reproduces the run."""
+    return {"flags.txt": FLAGS.flags_into_string()}
+
+
+def finish(summary: dict):
+    """The final validation numbers, once (process 0); after SIGTERM, exit status 75."""
     import jax
 
-    if jax.process_index() != 0:
-        return
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    (Path(workdir) / "flags.txt").write_text(FLAGS.flags_into_string())
-
-
-
-
-def print_summary(summary: dict):
-    """The final validation numbers, once (process 0)."""
-    import jax
-
+    if summary.get("preempted"):
+        print(f"stopped by SIGTERM at step {summary['step']} after saving a checkpoint; rerun the same "
+              f"command to resume (exit status {PREEMPTED_EXIT_STATUS})", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT_STATUS)
     if jax.process_index() == 0:
         print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)}, flush=True)
 

@@ -9,11 +9,12 @@ per-image statistics (stats.npz, authentic_stats.npz) from which every metric va
 recomputed with --from_stats; prints the headline metrics as a table. Metric conventions: mantra_jax/eval/pixel_metrics.py; folder
 layouts (--preset): mantra_jax/eval/datasets.py. A user error (a missing or empty folder, an
 unusable checkpoint, an --out that is a file) is printed as one line, `error: ...`, and the exit
-status is 1; images read as their first frame (animated GIF, multi-page TIFF) are listed under
+status is 2; images read as their first frame (animated GIF, multi-page TIFF) are listed under
 `notes` in report.json and in the note column of per_image.csv.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging as std_logging
@@ -27,7 +28,8 @@ from absl import app, flags, logging
 from experiments import common
 from mantra_jax import provenance
 from mantra_jax.data import images as image_io
-from mantra_jax.errors import UserError
+from mantra_jax import workdir
+from mantra_jax.errors import UserError, exit_on_user_error
 from mantra_jax.eval import datasets, pixel_metrics, plots, report
 from mantra_jax.train.reporting import ProgressLine
 
@@ -288,15 +290,14 @@ class _QuietOrbax(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
+@exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
-    try:
+    out = flags.FLAGS.out  # a second run writing this folder is refused
+    with workdir.lock(out, what="evaluation") if out else contextlib.nullcontext():
         summary = evaluate_from_flags(flags.FLAGS)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     run_info = summary.get("run", {})
     title = provenance.describe(run_info) if "step" in run_info else "Forgery localisation benchmark"
     rows = [[label, summary[key]] for key, label in report.HEADLINE_METRICS if key in summary]

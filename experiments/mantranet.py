@@ -7,6 +7,7 @@ fine-tuned from a converted checkpoint of the authors' weights.
 from absl import app, flags
 
 from experiments import common
+from mantra_jax.errors import exit_on_user_error
 
 FLAGS = flags.FLAGS
 common.define_common_flags("runs/mantranet")
@@ -45,6 +46,7 @@ def _validate():
     return windows, weights
 
 
+@exit_on_user_error
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -69,9 +71,7 @@ def main(argv):
         type_weights=weights, pristine_share=FLAGS.pristine_share,
         postprocess={} if FLAGS.postprocess else None, val_per_type=FLAGS.val_per_type,
         val_batch_size=FLAGS.val_batch_size, workers=FLAGS.workers, patch_size=FLAGS.patch_size)
-    common.write_flags(FLAGS.workdir)
-    summary = loop.train(task, common.loop_config())
-    common.print_summary(summary)
+    common.finish(loop.train(task, common.loop_config(), files=common.run_files()))
 
 
 if __name__ == "__main__":

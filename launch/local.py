@@ -7,6 +7,8 @@ Each process runs `python -m MODULE ARGS... --coordinator_address=127.0.0.1:PORT
 trainers' `mantra_jax.train.distributed.initialize` joins them. Their output is forwarded line by
 line with an `[i] ` prefix. If one process fails, the others are stopped (SIGTERM, then SIGKILL
 after --grace_s) and the launcher exits with the failed process's status; Ctrl-C stops them all.
+A SIGTERM to the launcher is passed on; when every trainer then saves and exits with 75 (stopped,
+resumable), so does the launcher.
 
 On CPU the processes share the machine's cores. On a multi-GPU machine, --devices_per_process=K
 gives process i its own K GPUs through CUDA_VISIBLE_DEVICES (a slice of the GPUs visible to the
@@ -25,6 +27,7 @@ import threading
 import time
 
 _POLL_S = 0.05
+PREEMPTED = 75  # exit status of a trainer stopped by SIGTERM after saving (experiments/common.py)
 
 
 def free_loopback_port() -> int:
@@ -156,6 +159,9 @@ def run(num_processes: int, module: str, module_args: list[str], *, port: int | 
             print("[launch] interrupted; stopping all processes", file=sys.stderr, flush=True)
         stop_all(processes, grace_s)
         status = 128 + (signal.SIGINT if isinstance(error, KeyboardInterrupt) else signal.SIGTERM)
+        codes = {exit_status(p.returncode) for p in processes if p.returncode is not None}
+        if codes == {PREEMPTED}:  # every trainer saved and stopped: the run can be resumed
+            status = PREEMPTED
     finally:
         stop_all(processes, grace_s)
         for pump in pumps:

@@ -49,7 +49,10 @@ settings are compared on the same random configurations. Each trial gets ROOT/<t
 `--flagfile=<base>`, the fixed flags, the trial's flags and `--workdir=ROOT/<trial>`. A trial is
 finished when ROOT/<trial>/final_metrics.json exists; --local and --slurm skip finished trials and
 rerun the others with the same flagfile, and the trainers resume from their checkpoints, so an
-interrupted sweep is resumed by running the same command again.
+interrupted sweep is resumed by running the same command again. A trainer stopped by SIGTERM exits
+with status 75 (EX_TEMPFAIL): --local counts that trial as unfinished, not failed. --local itself
+passes a SIGTERM on to the running trial, starts no other, and exits with 75 too, so that a
+scheduler (SLURM --requeue) or a wrapper knows to run the same command again.
 
 Standard library only: this file never imports JAX.
 """
@@ -69,13 +72,16 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import threading
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 FINAL_METRICS = "final_metrics.json"
+PREEMPTED = 75  # exit status of a trainer stopped by SIGTERM (experiments/common.py): unfinished
 METRICS_LOG = "metrics.jsonl"
 TRIAL_FLAGFILE = "trial.flags"
 MANIFEST = "sweep.json"
@@ -467,30 +473,59 @@ def dry_run_lines(sweep: Sweep) -> list[str]:
 
 
 def run_local(sweep: Sweep, *, python: str = sys.executable, processes: int = 1) -> int:
-    """Runs the unfinished trials one after another; returns 0 when every trial is finished."""
+    """Runs the unfinished trials one after another; returns 0 when every trial is finished, 1
+    when one failed, PREEMPTED when trials were stopped by SIGTERM (a rerun resumes them)."""
     check_runnable(sweep)
     todo = [t for t in sweep.trials if not sweep.is_finished(t)]
     write_trials(sweep, todo)
     print(f"[sweep] {sweep.name}: {len(sweep.trials) - len(todo)} of {len(sweep.trials)} trials "
           f"finished already, running {len(todo)}", flush=True)
     local_launcher = Path(__file__).resolve().with_name("local.py")
-    failed = []
-    for trial in todo:
-        module_args = [sweep.module, f"--flagfile={sweep.flagfile(trial)}"]
-        if processes > 1:
-            command = [python, str(local_launcher), f"--num_processes={processes}", *module_args]
-        else:
-            command = [python, "-m", *module_args]
-        print(f"[sweep] trial {trial.index} {trial.name}: {shlex.join(command)}", flush=True)
-        returncode = subprocess.run(command, check=False).returncode
-        if returncode != 0:
-            failed.append(f"{trial.name} (exit status {returncode})")
-        elif not sweep.is_finished(trial):
-            failed.append(f"{trial.name} (exited without writing {FINAL_METRICS})")
+    failed, preempted = [], []
+    running: list[subprocess.Popen] = []
+    terminated = threading.Event()
+
+    def forward_sigterm(signum, frame):
+        del signum, frame
+        terminated.set()
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward_sigterm) if in_main_thread else None
+    try:
+        for trial in todo:
+            if terminated.is_set():
+                preempted.append(f"{trial.name} (not started)")
+                continue
+            module_args = [sweep.module, f"--flagfile={sweep.flagfile(trial)}"]
+            if processes > 1:
+                command = [python, str(local_launcher), f"--num_processes={processes}", *module_args]
+            else:
+                command = [python, "-m", *module_args]
+            print(f"[sweep] trial {trial.index} {trial.name}: {shlex.join(command)}", flush=True)
+            running.append(subprocess.Popen(command))
+            if terminated.is_set():  # the signal came while the trial was starting
+                running[0].send_signal(signal.SIGTERM)
+            returncode = running[0].wait()
+            running.clear()
+            if returncode == PREEMPTED or (terminated.is_set() and not sweep.is_finished(trial)):
+                preempted.append(f"{trial.name} (exit status {returncode})")
+            elif returncode != 0:
+                failed.append(f"{trial.name} (exit status {returncode})")
+            elif not sweep.is_finished(trial):
+                failed.append(f"{trial.name} (exited without writing {FINAL_METRICS})")
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if failed:
         print(f"[sweep] {len(failed)} trials did not finish: {', '.join(failed)}",
               file=sys.stderr, flush=True)
-        return 1
+    if preempted:
+        print(f"[sweep] {len(preempted)} trials stopped by SIGTERM, unfinished: {', '.join(preempted)}; "
+              f"run the same command again to resume them", file=sys.stderr, flush=True)
+    if failed or preempted:
+        return 1 if failed else PREEMPTED
     print(f"[sweep] {sweep.name}: all {len(sweep.trials)} trials finished", flush=True)
     return 0
 

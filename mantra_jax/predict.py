@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mantra_jax import provenance
+from mantra_jax import workdir
 from mantra_jax.data import images
 from mantra_jax.errors import UserError
 from mantra_jax.nn import model, tiled
@@ -282,6 +283,15 @@ def _run(args) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: give a folder for the outputs")
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        with workdir.lock(out, what="predict run"):  # a second run writing this folder is refused
+            return _predict_into(args, out)
+    except workdir.Locked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _predict_into(args, out: Path) -> int:
     files, skipped, any_folder, n_excluded = collect_inputs(args.inputs, exclude=out)
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)

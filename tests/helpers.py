@@ -1,5 +1,10 @@
 """Shared test helpers: synthetic photo folders, random networks drawn in numpy, batch comparison,
-and the resume checks every grain stream must pass."""
+the resume checks every grain stream must pass, and a lock held by another process."""
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import jax
 import numpy as np
@@ -82,3 +87,18 @@ def assert_workers_change_nothing(make_dataset):
     assert_same_batches(with_workers, in_process[:3])
     resumed, _ = run(2, 2, state)
     assert_same_batches(resumed, in_process[3:5])
+
+
+@contextlib.contextmanager
+def hold_lock(folder):
+    """Another live process holds mantra_jax.workdir.lock(folder) inside the block; yields its pid."""
+    code = ("import sys, time; from mantra_jax import workdir\n"
+            "with workdir.lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

@@ -240,7 +240,7 @@ def test_user_errors_name_the_problem(bench, tmp_path, checkpoints):
 def test_command_line_user_error_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--from_stats={tmp_path / 'nowhere'}",
                              f"--out={tmp_path / 'x'}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: --from_stats {tmp_path / 'nowhere'} is not a folder: give the output folder of an earlier run"]
 

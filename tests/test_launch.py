@@ -323,6 +323,14 @@ FAKE_TRAINER = """
         log.write(os.path.basename(workdir) + "\\n")
     if flags.get("fail") == "true":
         sys.exit(3)
+    if flags.get("preempt") == "true":  # stopped by SIGTERM: the trainers' status 75
+        sys.exit(75)
+    if flags.get("preempt") == "runner":  # the sweep runner is stopped while this trial runs
+        import signal, time
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
+        os.kill(os.getppid(), signal.SIGTERM)
+        time.sleep(60)
+        sys.exit(4)  # the runner did not pass the signal on
     loss = abs(float(flags["learning_rate"]) - 0.01)
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as log:
         log.write(json.dumps({"step": 1, "loss": loss}) + "\\n")
@@ -391,6 +399,38 @@ def test_local_sweep_reports_failed_trials_and_runs_the_rest(fake_project):
     assert result.returncode == 1
     assert "fail-true (exit status 3)" in result.stderr
     assert _calls(project / "runs" / "failing") == ["fail-true", "fail-false"]
+
+
+def test_local_sweep_counts_a_trial_stopped_by_sigterm_as_unfinished(fake_project):
+    project, env = fake_project
+    write(project / "stopped.toml", """
+        module = "fake_trainer"
+        base_flagfile = "base.flags"
+        workdir = "runs/stopped"
+        [grid]
+        preempt = [true, false]
+    """)
+    result = run_script([LAUNCH / "sweep.py", "stopped.toml", "--local"], cwd=project, env=env)
+    assert result.returncode == sweep.PREEMPTED == 75
+    assert "1 trials stopped by SIGTERM, unfinished: preempt-true (exit status 75)" in result.stderr
+    assert "did not finish" not in result.stderr  # not counted as failed
+    dry = run_script([LAUNCH / "sweep.py", "--dry_run", "stopped.toml"], cwd=project, env=env)
+    assert [line.split("\t")[1] for line in dry.stdout.splitlines()] == ["todo", "done"]
+
+
+def test_local_sweep_passes_sigterm_on_and_starts_no_other_trial(fake_project):
+    project, env = fake_project
+    write(project / "runner.toml", """
+        module = "fake_trainer"
+        base_flagfile = "base.flags"
+        workdir = "runs/runner"
+        [grid]
+        preempt = ["runner", "false"]
+    """)
+    result = run_script([LAUNCH / "sweep.py", "runner.toml", "--local"], cwd=project, env=env)
+    assert result.returncode == 75, result.stderr
+    assert "preempt-runner (exit status 75)" in result.stderr and "preempt-false (not started)" in result.stderr
+    assert _calls(project / "runs" / "runner") == ["preempt-runner"]
 
 
 def test_summary_ranks_finished_trials_best_first(fake_project):

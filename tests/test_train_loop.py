@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import grain
 import jax
@@ -11,11 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mantra_jax import workdir
 from mantra_jax.data import photos
+from mantra_jax.errors import UserError
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config
+from mantra_jax.nn import model as model_lib
 from mantra_jax.train import checkpoint, imc, loop
-from tests.helpers import write_photo_folder
+from tests.helpers import hold_lock, write_photo_folder
 
 LEVEL = 1
 MODEL = config.make_config(width_scale=0.0625, backbone="baseline", head="imc", num_classes=taxonomy.num_classes(LEVEL))
@@ -119,9 +123,8 @@ def test_non_finite_loss_names_the_step_and_keeps_last_checkpoint(index, tmp_pat
     assert checkpoint.Checkpointer(tmp_path / "nan").steps()[-1] == 2
 
 
-def test_truncated_newest_checkpoint_falls_back_with_a_warning(index, tmp_path, caplog):
-    work = tmp_path / "run"
-    loop.train(make_task(index), loop_cfg(work, epochs=1))
+def test_truncated_newest_checkpoint_falls_back_with_a_warning(index, finished, tmp_path, caplog):
+    work = copy_of(finished, tmp_path)
     steps = checkpoint.Checkpointer(work).steps()
     assert steps == [1, 2]
     for f in (work / "checkpoints" / "2" / "params").rglob("*"):
@@ -144,6 +147,157 @@ def test_cli_rejects_bad_flags_before_writing(tmp_path):
         assert proc.returncode != 0
         assert "FATAL Flags parsing error" in proc.stderr or "Unknown command line flag" in proc.stderr
     assert not work.exists()
+
+
+# -- a work directory belongs to one run (issue 14) ------------------------------------------------
+@pytest.fixture(scope="module")
+def finished(index, tmp_path_factory):
+    """A finished one-epoch run (2 steps); tests work on copies (`copy_of`)."""
+    work = tmp_path_factory.mktemp("finished") / "run"
+    loop.train(make_task(index), loop_cfg(work, epochs=1))
+    return work
+
+
+def copy_of(finished, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_with_other_settings_is_refused_before_anything_is_written(index, finished, tmp_path):
+    work = copy_of(finished, tmp_path)
+    before = snapshot(work)
+    wider = config.make_config(width_scale=0.125, backbone="baseline", head="imc",
+                               num_classes=taxonomy.num_classes(LEVEL))
+    other = imc.make_task(wider, level=LEVEL, patch_index=index, learning_rate=1e-3, val_samples=8,
+                          val_batch_size=4, crop=16)
+    with pytest.raises(workdir.OtherRun, match=r"model\.widths: .* recorded, .* now") as refused:
+        loop.train(other, loop_cfg(work, epochs=1))
+    assert "--workdir" in str(refused.value) and "--overwrite" in str(refused.value)
+    with pytest.raises(workdir.OtherRun, match=r"seed: 3 recorded, 4 now"):
+        loop.train(make_task(index), loop_cfg(work, epochs=1, seed=4))
+    with pytest.raises(workdir.OtherRun, match=r"crop: 16 recorded, 32 now"):
+        loop.train(imc.make_task(MODEL, level=LEVEL, patch_index=index, learning_rate=1e-3, val_samples=8,
+                                 val_batch_size=4, crop=32), loop_cfg(work, epochs=1))
+    assert snapshot(work) == before
+    # A work directory from before run.json: its model_config.json still decides.
+    (work / "run.json").unlink()
+    before = snapshot(work)
+    with pytest.raises(workdir.OtherRun, match=r"model\.widths"):
+        loop.train(other, loop_cfg(work, epochs=1))
+    assert snapshot(work) == before and not list((work / "checkpoints").glob("*.unreadable*"))
+
+
+def test_a_run_is_extended_or_started_over_explicitly(index, finished, tmp_path, capsys):
+    work = copy_of(finished, tmp_path)
+    # More epochs and other bookkeeping: the same run, resumed at step 2.
+    loop.train(make_task(index), loop_cfg(work, epochs=2, log_every=2, keep=3, checkpoint_every=2))
+    assert json.loads((work / "final_metrics.json").read_text())["step"] == 4
+    assert sorted(train_losses(work)) == [1, 2, 3, 4]
+    before = snapshot(work)
+    with pytest.raises(UserError, match="at step 4, past the 2 steps"):  # fewer epochs than done
+        loop.train(make_task(index), loop_cfg(work, epochs=1))
+    assert snapshot(work) == before
+    # --overwrite: another configuration starts from scratch, saying what it deleted.
+    wider = config.make_config(width_scale=0.125, backbone="baseline", head="imc",
+                               num_classes=taxonomy.num_classes(LEVEL))
+    other = imc.make_task(wider, level=LEVEL, patch_index=index, learning_rate=1e-3, val_samples=8,
+                          val_batch_size=4, crop=16)
+    (work / "notes.txt").write_text("mine")
+    loop.train(other, loop_cfg(work, epochs=1, overwrite=True))
+    err = capsys.readouterr().err
+    assert "--overwrite: deleted the earlier run" in err and "checkpoints/" in err and "metrics.jsonl" in err
+    assert checkpoint.read_model_config(work) == wider
+    assert checkpoint.Checkpointer(work).steps() == [1, 2]
+    assert sorted(train_losses(work)) == [1, 2]
+    assert (work / "notes.txt").read_text() == "mine"
+
+
+def test_a_locked_work_directory_is_refused_naming_the_holder(index, tmp_path):
+    work = tmp_path / "run"
+    with hold_lock(work) as pid:
+        with pytest.raises(workdir.Locked, match=f"pid {pid} on "):
+            loop.train(make_task(index), loop_cfg(work, epochs=1))
+        assert sorted(p.name for p in work.iterdir()) == [".lock"]
+
+
+def test_a_checkpoint_of_another_configuration_is_named_never_renamed(index, finished, tmp_path, capfd):
+    work = copy_of(finished, tmp_path)
+    wider = config.make_config(width_scale=0.125, backbone="baseline", head="imc",
+                               num_classes=taxonomy.num_classes(LEVEL))
+    # model_config.json that does not match the saved weights: say so, and which arrays.
+    checkpoint.write_model_config(work, wider)
+    capfd.readouterr()
+    with pytest.raises(checkpoint.ConfigurationMismatch,
+                       match=r"model_config.json\) and the weights saved in step 2 disagree") as e:
+        checkpoint.load_model(work)
+    shape = lambda cfg: jax.eval_shape(lambda: model_lib.init(jax.random.key(0), cfg))["params"]["Featex"]["b2c1"]["kernel"].shape
+    assert (f"params['Featex']['b2c1']['kernel']: {shape(wider)} in the configuration, {shape(MODEL)} saved"
+            in str(e.value))
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "unreadable" not in err
+    # The trainer, on a work directory without any run record: refused, no step renamed.
+    (work / "run.json").unlink()
+    (work / "model_config.json").unlink()
+    other = imc.make_task(wider, level=LEVEL, patch_index=index, learning_rate=1e-3, val_samples=8,
+                          val_batch_size=4, crop=16)
+    with pytest.raises(checkpoint.ConfigurationMismatch, match="checkpoint step 2 holds arrays of other shapes"):
+        loop.train(other, loop_cfg(work, epochs=1))
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["1", "2"]
+    assert not (work / "run.json").exists()
+
+
+TINY_CLI = ["--level=0", "--backbone=baseline", "--width_scale=0.0625", "--crop=16", "--batch_size=4",
+            "--val_samples=8", "--val_batch_size=4", "--epochs=1", "--log_every=1"]
+
+
+def run_imc385(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "experiments.imc385", *TINY_CLI, *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_user_errors_are_one_message_without_a_trace_and_write_nothing(index, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    small = write_photo_folder(tmp_path / "small", {"train": 2, "val": 1}, height=100, width=100)
+    work = tmp_path / "never"
+    for args, message in [((f"--data_dir={empty}",), "no image file found"),
+                          ((f"--data_dir={small}",), "smaller than 256 px"),
+                          ((f"--data_dir={tmp_path / 'missing'}",), "does not exist"),
+                          ((f"--data_dir={index.root}", "--batch_size=5"), "divisible by the 2 devices")]:
+        proc = run_imc385(f"--workdir={work}", "--steps_per_epoch=2", *args)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
+        assert not work.exists()
+
+
+def test_cli_refuses_the_issue_rerun_and_exits_75_after_sigterm(index, finished, tmp_path):
+    # The issue's command: a rerun with another width over a finished run.
+    work = copy_of(finished, tmp_path)
+    before = snapshot(work)
+    proc = run_imc385(f"--workdir={work}", f"--data_dir={index.root}", "--steps_per_epoch=2", "--width_scale=0.25")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "model.widths" in proc.stderr and "--overwrite" in proc.stderr
+    assert snapshot(work) == before
+    # SIGTERM: a checkpoint, then exit status 75 (unfinished: rerun to resume), not 0.
+    work = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.imc385", *TINY_CLI, f"--workdir={work}",
+                             f"--data_dir={index.root}", "--steps_per_epoch=10000", "--checkpoint_every=10000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # the progress line of step 1: the loop runs
+        if line.startswith("step 1/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    err, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err
+    assert "rerun the same command to resume" in err
+    assert checkpoint.Checkpointer(work).steps() and not (work / "final_metrics.json").exists()
 
 
 def test_clip_gradients_bounds_the_global_norm_and_keeps_the_direction():

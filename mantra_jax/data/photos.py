@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mantra_jax.data import images
+from mantra_jax.errors import UserError
 
 SPLITS = ("train", "val", "test")
 
@@ -42,6 +43,10 @@ _INDEX_FORMAT_VERSION = 1
 
 # ITU-R BT.601 luma weights (what cv2.COLOR_RGB2GRAY uses), kept in float.
 _LUMA_RGB = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+class NoUsablePhotos(UserError, ValueError):
+    """A photo folder without a single usable patch."""
 
 
 class PatchEntry(NamedTuple):
@@ -83,6 +88,12 @@ class PatchIndex:
 
     def image_path(self, entry: PatchEntry) -> Path:
         return Path(self.root) / entry.path
+
+    def settings(self) -> dict:
+        """What a training run records of its data: the folder, the patch rules and the patch
+        counts (a folder whose photos changed gives other counts)."""
+        return {"folder": self.root, "patch": self.patch_size, "min_std": self.min_std,
+                "patches": {s: len(self.entries(s)) for s in SPLITS}}
 
     def summary(self) -> str:
         return (
@@ -157,12 +168,12 @@ def build_patch_index(
 
     Raises:
       FileNotFoundError / NotADirectoryError: the folder does not exist.
-      ValueError: no usable patch in the whole folder.
+      NoUsablePhotos (a ValueError): no usable patch in the whole folder.
     """
     root = Path(folder).resolve()
     paths = images.list_images(root)
     if not paths:
-        raise ValueError(
+        raise NoUsablePhotos(
             f"{root}: no image file found (looked recursively for {', '.join(images.IMAGE_SUFFIXES)})"
         )
     relative = [p.relative_to(root).as_posix() for p in paths]
@@ -191,7 +202,7 @@ def build_patch_index(
             num_images += 1
             per_split[split_of(rel)].extend(PatchEntry(rel, y, x) for y, x in origins)
     if num_images == 0:
-        raise ValueError(
+        raise NoUsablePhotos(
             f"{root}: no usable {patch}x{patch} patch: {len(relative)} image files, "
             f"{len(unreadable)} unreadable, {len(too_small)} smaller than {patch} px, the "
             f"others have no patch with intensity std >= {min_std}"

@@ -10,7 +10,10 @@ Layout of a checkpoint directory (a trainer's work directory, or a converted rel
         meta                   JSON: step, epoch, learning-rate scale, best step, seed, ...
 
 Retention: the last `keep` steps plus the best one (by validation loss). A step whose files are
-truncated or unreadable is skipped with a warning and the previous one is used.
+truncated or unreadable is skipped with a warning and the previous one is used. A step whose saved
+arrays do not have the shapes the model configuration asks for is not unreadable: it belongs to
+another configuration, and restoring stops with a ConfigurationMismatch naming the arrays (read
+from the step's metadata, before Orbax reads any array), leaving every step as it is.
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ import jax
 import jax.experimental.multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from mantra_jax.errors import UserError
 from mantra_jax.nn import config as config_lib
 from mantra_jax.nn import model as model_lib
 
@@ -36,8 +41,12 @@ STATE_ITEMS = ("params", "batch_stats", "opt_state")
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint directory that cannot be used (missing, empty, unreadable)."""
+
+
+class ConfigurationMismatch(CheckpointError, model_lib.VariablesMismatch):
+    """Saved weights of other shapes than the model configuration asks for."""
 
 
 def write_model_config(directory, cfg: config_lib.ModelConfig):
@@ -107,9 +116,20 @@ class Checkpointer:
     def restore_latest(self, abstract_state: dict, data_iterator=None):
         """(state, meta) of the newest readable step, or None when there is none.
 
-        A step that fails to restore (truncated, partly written) is skipped with a warning.
+        A step that fails to restore (truncated, partly written) is skipped with a warning and
+        renamed `<step>.unreadable`. A step of another configuration raises ConfigurationMismatch.
         """
         for step in reversed(self.steps()):
+            try:
+                lines = _mismatches(self.directory, step, abstract_state, STATE_ITEMS)
+            except Exception:  # noqa: BLE001 - metadata unreadable: the restore below says why
+                lines = []
+            if lines:
+                raise ConfigurationMismatch(
+                    f"{self.directory}: checkpoint step {step} holds arrays of other shapes than this "
+                    f"run's model and optimiser (another configuration; nothing was renamed or "
+                    f"deleted):\n" + "\n".join(lines)
+                    + "\nUse another --workdir, or start over in this one with --overwrite.")
             try:
                 return self._restore(step, abstract_state, data_iterator)
             except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
@@ -147,6 +167,37 @@ class Checkpointer:
 def _nonempty(tree) -> bool:
     """Orbax refuses empty trees (e.g. the batch statistics of the IMC network, which has none)."""
     return bool(jax.tree_util.tree_leaves(tree))
+
+
+def saved_steps(directory) -> list[int]:
+    """The step numbers under `directory`/checkpoints, from the folder names (no Orbax)."""
+    steps_dir = Path(directory) / STEPS_DIR
+    return sorted(int(p.name) for p in steps_dir.iterdir() if p.name.isdigit()) if steps_dir.is_dir() else []
+
+
+def _shapes(tree) -> dict:
+    return {jax.tree_util.keystr(p): tuple(a.shape) for p, a in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _mismatches(directory: Path, step: int, abstract: dict, items) -> list[str]:
+    """Lines naming the saved arrays of `step` whose shapes differ from `abstract`'s (empty when
+    they fit), from the step's metadata alone. The optimiser state is compared as a whole (Orbax
+    stores its tuples as lists, so the paths differ)."""
+    lines = []
+    for item in items:
+        folder = directory / STEPS_DIR / str(step) / item
+        expected = _shapes(abstract[item])
+        saved = _shapes(ocp.StandardCheckpointHandler().metadata(epath.Path(folder))) if folder.is_dir() else {}
+        if item == "opt_state":
+            if sorted(expected.values()) != sorted(saved.values()):
+                lines.append(f"  opt_state: {len(saved)} saved arrays, not the {len(expected)} of this "
+                             f"configuration's optimiser")
+            continue
+        for k in sorted(set(expected) | set(saved)):
+            if expected.get(k) != saved.get(k):
+                lines.append(f"  {item}{k}: {expected.get(k, 'absent')} in the configuration, "
+                             f"{saved.get(k, 'absent')} saved")
+    return lines if len(lines) <= 12 else lines[:12] + [f"  ... and {len(lines) - 12} more arrays"]
 
 
 def _short(e: Exception) -> str:
@@ -190,6 +241,12 @@ def load_model(directory, *, step: Optional[int] = None, which: str = "best"):
             target = s
             if step is None and which == "best" and meta.get("best_step") in steps:
                 target = int(meta["best_step"])
+            lines = _mismatches(directory, target, abstract, MODEL_ITEMS)
+            if lines:
+                raise ConfigurationMismatch(
+                    f"{directory}: the model configuration ({CONFIG_FILE}) and the weights saved in "
+                    f"step {target} disagree ({CONFIG_FILE} edited, or copied from another run?):\n"
+                    + "\n".join(lines))
             items = {k: ocp.args.StandardRestore(abstract[k]) for k in MODEL_ITEMS if _nonempty(abstract[k])}
             restored = manager.restore(target, args=ocp.args.Composite(**items))
             # An empty item (the IMC network's batch statistics) was not saved: it is `{}` as abstract.
@@ -198,6 +255,7 @@ def load_model(directory, *, step: Optional[int] = None, which: str = "best"):
             manager.close()
             return cfg, jax.tree.map(np.asarray, variables)
         except model_lib.VariablesMismatch:
+            manager.close()
             raise  # a readable checkpoint of another configuration: no older step will fit either
         except Exception as e:  # noqa: BLE001 - any other failure means this step is unusable
             errors.append(f"step {s}: {_short(e)}")

@@ -6,14 +6,26 @@ the loss, the data, the validation metrics and the final report. This module say
 gradients averaged by the compiler, state donated), the constraint projection after each update,
 validation and a reduce-on-plateau schedule each epoch, Orbax checkpoints that resume exactly,
 and what a person sees (progress line, metrics.jsonl, TensorBoard).
+
+A work directory belongs to one run. The run holds its lock (mantra_jax.workdir) while it runs,
+and records in run.json what defines it (`run_settings`): the task (with its level), the model
+configuration, the task's data and sampling settings (photo folder, crop or patch size, validation
+set, initialisation, ...), the seed, the global batch size, the learning rate and its plateau
+schedule, the steps per epoch and the precision. A rerun with any of these changed is refused
+before anything is written; `overwrite=True` (--overwrite) deletes the earlier run first. The
+rest may change on a resume: `epochs` (a run can be extended: its steps are those of a longer run;
+a work directory already past the new end is refused), checkpoint_every, keep, log_every, the
+device count, the data-loading workers, asynchronous checkpointing.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -23,6 +35,9 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mantra_jax import workdir as workdir_lib
+from mantra_jax.errors import UserError
+from mantra_jax.nn import config as config_lib
 from mantra_jax.nn import model as model_lib
 from mantra_jax.train import checkpoint as ckpt_lib
 from mantra_jax.train import reporting
@@ -48,6 +63,7 @@ class LoopConfig:
     num_devices: Optional[int] = None  # None: every device
     async_checkpoint: bool = True
     grad_clip_norm: float = 1.0  # gradients rescaled to at most this global norm before Adam; 0: off
+    overwrite: bool = False  # delete the earlier run in workdir (whatever its settings) and start over
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -99,6 +115,22 @@ class Task:
     train_dataset: Callable
     val_batches: Callable[[], list]  # the fixed validation set, as global batches (numpy)
     final_report: Callable[[Path, dict, dict], None]  # (workdir, summary, eval sums) -> files
+    # What else defines the run (data folder, crop, validation set, ...: JSON values), and the glob
+    # patterns of the files final_report writes (deleted with the run by --overwrite).
+    settings: dict = dataclasses.field(default_factory=dict)
+    outputs: tuple = ()
+
+
+# What a trainer writes into its work directory (besides Task.outputs): --overwrite deletes these.
+RUN_ENTRIES = (workdir_lib.RUN_FILE, ckpt_lib.CONFIG_FILE, ckpt_lib.STEPS_DIR, "metrics.jsonl",
+               "tensorboard", "final_metrics.json", "flags.txt")
+
+
+def run_settings(task: Task, cfg: LoopConfig) -> dict:
+    """What defines a run (recorded in run.json; see the module docstring)."""
+    return {"task": task.name, "model": config_lib.to_dict(task.model_cfg), **task.settings,
+            **{k: getattr(cfg, k) for k in ("seed", "batch_size", "learning_rate", "steps_per_epoch",
+                                            "plateau_patience", "plateau_factor", "precision", "grad_clip_norm")}}
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -154,18 +186,84 @@ def process_slice(batch: dict) -> dict:
     return {k: v[i * size : (i + 1) * size] for k, v in batch.items()}
 
 
-def train(task: Task, cfg: LoopConfig, *, on_step: Optional[Callable[[int], None]] = None) -> dict:
-    """Runs (or resumes) training in `cfg.workdir`; returns the final validation summary."""
+def train(task: Task, cfg: LoopConfig, *, on_step: Optional[Callable[[int], None]] = None,
+          files: Optional[dict] = None) -> dict:
+    """Runs (or resumes) training in `cfg.workdir`; returns the final validation summary, or
+    {"preempted": True, "step": s} after SIGTERM.
+
+    Refused with a UserError before anything is written: batch sizes the devices cannot split, a
+    work directory locked by another run or holding a run of other settings (see the module
+    docstring). `files` ({name: text}, e.g. the entry point's flags.txt) are written into the
+    work directory once the run is accepted.
+    """
     workdir = Path(cfg.workdir).absolute()
-    is_main = jax.process_index() == 0
-    dtype = PRECISIONS[cfg.precision]
 
     # 1. Devices: one ("data",) mesh; parameters replicated, batches split.
     mesh = make_mesh(cfg.num_devices)
     n_dev, n_proc = mesh.devices.size, jax.process_count()
     if cfg.batch_size % n_dev or cfg.batch_size % n_proc:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {n_dev} devices "
-                         f"and {n_proc} processes")
+        raise UserError(f"the batch size {cfg.batch_size} (--batch_size) must be divisible by the "
+                        f"{n_dev} devices and the {n_proc} processes")
+    val_batches = task.val_batches()  # the fixed validation set
+    bad = sorted({len(next(iter(b.values()))) for b in val_batches if len(next(iter(b.values()))) % n_dev})
+    if bad or not val_batches:
+        raise UserError(f"the validation batch size {bad[0]} (--val_batch_size) must be divisible by the "
+                        f"{n_dev} devices" if bad else "the validation set is empty")
+
+    with contextlib.ExitStack() as stack:
+        _on_process_0(lambda: stack.enter_context(workdir_lib.lock(workdir, what="training run")))
+        _on_process_0(lambda: _start_run(workdir, task, cfg, files or {}))
+        return _train(task, cfg, workdir, mesh, val_batches, on_step)
+
+
+def _on_process_0(fn):
+    """Runs `fn` on process 0; a UserError there stops every process."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            fn()
+        except UserError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        failed = bool(np.any(multihost_utils.process_allgather(np.array(error is not None))))
+        if failed and error is None:
+            raise UserError("process 0 refused to start the run (its output says why)")
+    if error is not None:
+        raise error
+
+
+def _start_run(workdir: Path, task: Task, cfg: LoopConfig, files: dict):
+    """Checks (or, with overwrite, deletes) the earlier run in `workdir`, then records this one."""
+    settings = run_settings(task, cfg)
+    recorded = workdir_lib.read_run(workdir)
+    if recorded is None and (workdir / ckpt_lib.CONFIG_FILE).is_file():  # from before run.json
+        recorded = {"model": config_lib.to_dict(ckpt_lib.read_model_config(workdir))}
+    if cfg.overwrite:
+        deleted = workdir_lib.delete_run(workdir, RUN_ENTRIES + tuple(task.outputs))
+        if deleted:
+            print(f"--overwrite: deleted the earlier run in {workdir}: {', '.join(deleted)}",
+                  file=sys.stderr, flush=True)
+    steps = ckpt_lib.saved_steps(workdir)
+    if not cfg.overwrite:
+        workdir_lib.check_run(workdir, settings, recorded)
+        if steps and steps[-1] > cfg.total_steps:
+            raise UserError(
+                f"{workdir} holds a run at step {steps[-1]}, past the {cfg.total_steps} steps asked "
+                f"for (--epochs {cfg.epochs} x --steps_per_epoch {cfg.steps_per_epoch}). Nothing was "
+                f"changed: give more --epochs, use another --workdir, or start over with --overwrite.")
+    if recorded is not None or not steps or cfg.overwrite:
+        workdir_lib.write_run(workdir, settings)  # else once a step restores (see _train)
+    ckpt_lib.write_model_config(workdir, task.model_cfg)
+    for name, text in files.items():
+        (workdir / name).write_text(text)
+
+
+def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_step) -> dict:
+    is_main = jax.process_index() == 0
+    dtype = PRECISIONS[cfg.precision]
+    n_proc = jax.process_count()
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
     # 2. Model and optimiser state, initialised from the seed.
@@ -178,12 +276,10 @@ def train(task: Task, cfg: LoopConfig, *, on_step: Optional[Callable[[int], None
     state = jax.device_put(state, replicated)
     abstract_state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
 
-    # 3. Data: this process's shard of the training stream; the fixed validation set.
+    # 3. Data: this process's shard of the training stream.
     train_iter = iter(task.train_dataset(cfg.seed, jax.process_index(), n_proc, cfg.batch_size // n_proc))
-    val_batches = task.val_batches()
 
     # 4. Resume from the newest readable checkpoint of this work directory, if any.
-    ckpt_lib.write_model_config(workdir, task.model_cfg)
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=cfg.keep, async_save=cfg.async_checkpoint)
     meta = {"step": 0, "epoch": 0, "lr_scale": 1.0, "best_val_loss": None, "best_step": None,
             "bad_epochs": 0, "seed": cfg.seed, "task": task.name}
@@ -191,10 +287,12 @@ def train(task: Task, cfg: LoopConfig, *, on_step: Optional[Callable[[int], None
     if restored is not None:
         state, meta = restored
         if meta.get("seed") != cfg.seed:
-            raise ValueError(f"{workdir} holds a run with seed {meta.get('seed')}, not {cfg.seed}")
+            raise UserError(f"{workdir} holds a run with seed {meta.get('seed')}, not {cfg.seed}")
         log.info("resuming from step %d of %s", meta["step"], workdir)
-        if is_main:
-            reporting.truncate_after(workdir / "metrics.jsonl", meta["step"])
+    if is_main:  # rows past the step resumed from (none when starting) are from a lost attempt
+        reporting.truncate_after(workdir / "metrics.jsonl", int(meta["step"]))
+        if workdir_lib.read_run(workdir) is None:  # checkpoints without a run record: they fit
+            workdir_lib.write_run(workdir, run_settings(task, cfg))
     writer = reporting.MetricsWriter(workdir, enabled=is_main)
 
     # 5. The compiled steps.

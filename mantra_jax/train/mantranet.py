@@ -157,6 +157,12 @@ def make_task(model_cfg: ModelConfig, *, patch_index, learning_rate: float = 1e-
         optimizer=make_optimizer(init, learning_rate, featex_learning_rate),
         loss=loss, eval_sums=eval_sums, summarize=summarize,
         train_dataset=train_dataset, val_batches=val_batches, final_report=final_report,
+        settings={"data": patch_index.settings(), "init": init,
+                  "init_checkpoint": str(Path(checkpoint).absolute()) if checkpoint else None,
+                  "featex_learning_rate": featex_learning_rate, "type_weights": list(type_weights),
+                  "pristine_share": pristine_share, "postprocess": postprocess, "patch_size": patch_size,
+                  "val_per_type": val_per_type, "val_batch_size": val_batch_size},
+        outputs=("localisation_report.json", "localisation_report.md"),
     )
 
 
