@@ -62,7 +62,8 @@ Order: the peak products, then the pairs the targets need (imc_train and infer i
 then the PyTorch peer), then the other requested rows (bfloat16 before float32: JAX, then
 PyTorch), then the PyTorch peer's equivalence check (on the CPU), then the loaders. --budget_s S bounds the whole run: no
 measuring process starts once S seconds are spent (it is reported as "skipped"), and each one is
-stopped at the end of them ("timeout"; the PyTorch process keeps the rows it finished).
+stopped at the end of them ("timeout"; the PyTorch process keeps the rows it finished); a JAX row
+after the target pairs starts only with at least the time the slowest finished row took.
 
 --json PATH writes everything (each row's times, FLOPs, memory, the peak matmul rates, the torch
 figures and check, the loaders, the device, jax/torch versions, the date); it is rewritten after
@@ -899,11 +900,11 @@ def orchestrate(args) -> int:
     # starts once the budget is spent, and each is stopped at the budget's end.
     deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
 
-    def run(label: str, child_args: list[str], limit: float, env: Optional[dict] = None) -> dict:
+    def run(label: str, child_args: list[str], limit: float, env: Optional[dict] = None, needs: float = 0.0) -> dict:
         left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left < MIN_START_S:
-            progress(f"{label}: not started (--budget_s spent)")
-            return {"error": "skipped", "detail": "not started: --budget_s spent", "process_s": 0.0}
+        if left is not None and left < max(MIN_START_S, needs):
+            progress(f"{label}: not started ({left:.0f} s of --budget_s left)")
+            return {"error": "skipped", "detail": f"not started: {left:.0f} s of --budget_s left", "process_s": 0.0}
         progress(f"{label} ...")
         return _run_child(child_args, limit if left is None else min(limit, left), env)
 
@@ -915,10 +916,14 @@ def orchestrate(args) -> int:
 
     torch_version = None if args.no_torch else _torch_available()
     report["torch"] = {"version": torch_version, "rows": []} if torch_version else None
-    for stage in measurement_order(rows, dtypes):
+    first, rest = measurement_order(rows, dtypes)
+    for stage in (first, rest):
         for name, dtype in stage:
+            # A row of the rest starts only with the time the slowest finished row took: one stopped
+            # half way would only waste the budget.
+            took = [r["process_s"] for r in report["jax"] if "median_s" in r]
             result = run(f"jax {name} {dtype}", ["--child", "row", "--row", name, "--dtypes", dtype] + common,
-                         args.row_timeout)
+                         args.row_timeout, needs=max(took) if took and stage is not first else 0.0)
             result.setdefault("row", name)
             result.setdefault("dtype", dtype)
             report["jax"].append(result)

@@ -118,4 +118,4 @@ def test_spent_budget_starts_no_measurement_and_says_so(tmp_path):
     assert report["peak"]["error"] == "skipped"
     assert [(r["row"], r["error"]) for r in report["jax"]] == [("imc_train", "skipped"), ("infer", "skipped")]
     assert all(t["verdict"] == "n/a" for t in report["targets"])
-    assert "not started (--budget_s spent)" in done.stderr
+    assert "s of --budget_s left)" in done.stderr
