@@ -9,7 +9,8 @@ in this order, each run as its own process(es):
 
   wheels       pip-installs the carried wheels (`--wheels`: grain, PyWavelets and what they need
                that the machine lacks; `benchmarks/prepare_accelerator_run.sh` downloads them) into
-               SCRATCH/site, which every later process gets on its PYTHONPATH. Missing wheels are
+               SCRATCH/site, which every later process gets on its PYTHONPATH (and WHEELS/fallback,
+               a newer protobuf, only if grain then fails to import over protobuf). Missing wheels are
                no failure: the parts that need grain or PyWavelets are then skipped if those do
                not import.
   accelerator  `python -m benchmarks.accelerator --json DIR/accelerator.json --no_loader` with the
@@ -28,10 +29,10 @@ in this order, each run as its own process(es):
 
 Budget: the run ends END_MARGIN_S before --budget_s. Each part may use the time that is left
 minus the least time of the parts after it (MINIMUM_S; a part given less than its own least
-time is skipped and said to be), so the later parts keep their share and the training gets
+time, by more than SLACK_S, is skipped and said to be), so the later parts keep their share and the training gets
 whatever the others leave (at least 5 minutes in a full run of 570 s, if the earlier parts keep
-to their shares). A process still running at its part's end gets SIGTERM (the trainer then
-saves and stops), then SIGKILL. `--quick` runs the same code paths at tiny sizes (the 1/8-width
+to their shares). A process still running TERM_GRACE_S before its part's end gets SIGTERM (the
+trainer then saves and stops; the other processes QUICK_GRACE_S before), at the end SIGKILL. `--quick` runs the same code paths at tiny sizes (the 1/8-width
 network of `accelerator.py --quick`, tiny loader batches, a 1/8-width IMC-385 on 32 x 32
 crops): a rehearsal on a CPU.
 
@@ -64,13 +65,16 @@ PARTS = ("wheels", "accelerator", "loaders", "train", "environment")
 MINIMUM_S = {
     "wheels": (20.0, 20.0),
     "accelerator": (60.0, 30.0),
-    "loaders": (45.0, 40.0),  # two streams: worker start-up and 8 s timed each (2 s with --quick)
+    "loaders": (60.0, 60.0),  # two streams: worker start-up and 8 s timed each (2 s with --quick)
     "train": (355.0, 160.0),  # at least 300 s of --max_seconds (100 with --quick) + TRAIN_AFTER_S + grace
     "environment": (15.0, 15.0),
 }
 END_MARGIN_S = 10.0
 TRAIN_AFTER_S = (45.0, 50.0)  # process start before training, final validation and report
-TERM_GRACE_S = 10.0  # between SIGTERM and SIGKILL
+TERM_GRACE_S = 10.0  # the trainer, still running this long before its part's end, gets SIGTERM (it saves)
+QUICK_GRACE_S = 2.0  # the same for the other processes (they need no time to stop)
+SLACK_S = 5.0  # a part that finds its least time short by no more than this still runs
+STREAM_RESERVE_S = 25.0  # of the loaders' time, kept for the second stream while the first runs
 NEEDS = {"loaders": ("grain",), "train": ("grain", "pywt")}
 TARGET_LOADER_RATIO = 1.5
 FLAGFILE = "experiments/flags/imc385_accelerator.flags"
@@ -123,10 +127,11 @@ def deadlines(parts, end: float, quick: bool) -> dict:
 # --------------------------------------------------------------------------------------------
 # Processes
 # --------------------------------------------------------------------------------------------
-def run_logged(ctx: Context, label: str, command: list, deadline: float, env: Optional[dict] = None) -> dict:
+def run_logged(ctx: Context, label: str, command: list, deadline: float, env: Optional[dict] = None,
+               grace: float = QUICK_GRACE_S) -> dict:
     """Runs `command` in its own process group, its output copied to run.log and stdout line by
-    line; at `deadline` the group gets SIGTERM, TERM_GRACE_S later SIGKILL. Returns {"rc",
-    "seconds", "stopped"} (stopped: it was still running at the deadline)."""
+    line; still running `grace` seconds before `deadline`, the group gets SIGTERM, at `deadline`
+    SIGKILL. Returns {"rc", "seconds", "stopped"} (stopped: it got SIGTERM)."""
     start = ctx.clock()
     proc = subprocess.Popen([str(c) for c in command], cwd=REPO, env={**os.environ, **ctx.env, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -144,13 +149,13 @@ def run_logged(ctx: Context, label: str, command: list, deadline: float, env: Op
     reader.start()
     stopped = False
     try:
-        proc.wait(timeout=max(0.0, deadline - ctx.clock()))
+        proc.wait(timeout=max(0.0, deadline - grace - ctx.clock()))
     except subprocess.TimeoutExpired:
         stopped = True
-        ctx.say(f"{label}: still running at its part's end: SIGTERM")
+        ctx.say(f"{label}: still running {grace:g} s before its part's end: SIGTERM")
         _signal_group(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=TERM_GRACE_S)
+            proc.wait(timeout=max(0.0, deadline - ctx.clock()))
         except subprocess.TimeoutExpired:
             ctx.say(f"{label}: SIGKILL")
             _signal_group(proc.pid, signal.SIGKILL)
@@ -171,10 +176,15 @@ def _python(*args) -> list:
     return [sys.executable, *args]
 
 
-def _importable(ctx: Context, module: str) -> bool:
+def _import_error(ctx: Context, module: str) -> Optional[str]:
+    """None when `module` imports in a child process of the run, else the error's last line."""
     done = subprocess.run(_python("-c", f"import {module}"), cwd=REPO, env={**os.environ, **ctx.env},
                           capture_output=True, text=True, timeout=120)
-    return done.returncode == 0
+    return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1][-300:]
+
+
+def _importable(ctx: Context, module: str) -> bool:
+    return _import_error(ctx, module) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,20 +193,33 @@ def _importable(ctx: Context, module: str) -> bool:
 def part_wheels(ctx: Context, deadline: float) -> dict:
     wheels = sorted(ctx.wheels.glob("*.whl")) if ctx.wheels.is_dir() else []
     out = {"folder": str(ctx.wheels), "wheels": [w.name for w in wheels]}
-    if wheels:
-        site = ctx.scratch / "site"
-        result = run_logged(ctx, "pip", _python("-m", "pip", "install", "-q", "--no-index", "--no-deps",
+    site = ctx.scratch / "site"
+
+    def install(label, files):
+        result = run_logged(ctx, label, _python("-m", "pip", "install", "-q", "--no-index", "--no-deps",
                                                 "--no-compile", "--no-cache-dir", "--upgrade", "--target", site,
-                                                *wheels), deadline)
-        out.update(result)
-        if result["rc"] == 0:
+                                                *files), deadline)
+        if result["rc"] == 0 and "site" not in out:
             before = ctx.env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
             ctx.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), before) if p)
             out["site"] = str(site)
+        return result
+
+    if wheels:
+        out.update(install("pip", wheels))
     else:
         out["note"] = "no wheels: the parts that need grain or PyWavelets run only if those import"
-    ctx.available = {m: _importable(ctx, m) for m in ("grain", "pywt")}
+    errors = {m: _import_error(ctx, m) for m in ("grain", "pywt")}
+    # grain's generated protobuf code needs a newer protobuf than an old image may have: the
+    # fallback folder's protobuf is installed only then (it shadows the image's for this run).
+    fallback = sorted((ctx.wheels / "fallback").glob("*.whl")) if wheels else []
+    if errors["grain"] and "protobuf" in errors["grain"] and fallback:
+        out["fallback"] = {"wheels": [w.name for w in fallback], "because": errors["grain"],
+                           **install("pip fallback", fallback)}
+        errors = {m: _import_error(ctx, m) for m in errors}
+    ctx.available = {m: error is None for m, error in errors.items()}
     out["importable"] = dict(ctx.available)
+    out["import_errors"] = {m: e for m, e in errors.items() if e}
     if wheels and out.get("rc") != 0:
         raise RuntimeError(f"pip install of {len(wheels)} wheels failed (rc {out.get('rc')}); see run.log")
     return out
@@ -204,7 +227,7 @@ def part_wheels(ctx: Context, deadline: float) -> dict:
 
 def part_accelerator(ctx: Context, deadline: float) -> dict:
     path = ctx.out / "accelerator.json"
-    budget = deadline - ctx.clock() - 5.0  # its closing table and JSON inside the part
+    budget = deadline - ctx.clock() - QUICK_GRACE_S - 5.0  # its closing table and JSON inside the part
     command = _python("-m", "benchmarks.accelerator", "--json", path, "--no_loader", "--budget_s", f"{budget:.0f}")
     if ctx.quick:
         command += ["--quick", "--repeats", "3"]
@@ -255,8 +278,10 @@ def _usable_cores() -> int:
 def part_loaders(ctx: Context, deadline: float) -> dict:
     out = {"photos": str(ctx.photos) if ctx.photos else "bundled", "workers": _usable_cores(), "streams": {}}
     seconds = 2.0 if ctx.quick else 8.0
-    for stream, row in (("imc", "imc_train"), ("forgery", "e2e_train")):
+    streams = (("imc", "imc_train"), ("forgery", "e2e_train"))
+    for i, (stream, row) in enumerate(streams):
         spec = _shapes(ctx.quick)[stream]
+        stream_deadline = deadline - STREAM_RESERVE_S * (len(streams) - 1 - i)
         path = ctx.scratch / f"loader_{stream}.json"
         command = _python("-m", "benchmarks.loader", "--stream", stream, "--workers", out["workers"],
                           "--batch_size", spec.batch, "--crop", spec.height, "--seconds", seconds, "--json", path)
@@ -265,7 +290,7 @@ def part_loaders(ctx: Context, deadline: float) -> dict:
         step = step_consumption(ctx, row)
         if step:
             command += ["--consumed", f"{step['samples_per_s']:.6g}"]
-        result = run_logged(ctx, f"loader {stream}", command, deadline, env={"JAX_PLATFORMS": "cpu"})
+        result = run_logged(ctx, f"loader {stream}", command, stream_deadline, env={"JAX_PLATFORMS": "cpu"})
         figures = json.loads(path.read_text()) if path.is_file() and result["rc"] == 0 else {}
         rate = (figures.get("samples_per_s") or {}).get(str(out["workers"]))
         entry = {"shape": spec.shape, "samples_per_s": rate, "step": step, **result}
@@ -282,8 +307,7 @@ def part_loaders(ctx: Context, deadline: float) -> dict:
 def part_train(ctx: Context, deadline: float) -> dict:
     workdir = ctx.scratch / "imc385"
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh run, never a resumed one
-    stop = deadline - TERM_GRACE_S - 2.0  # a stopped trainer is gone by the deadline
-    max_seconds = stop - ctx.clock() - TRAIN_AFTER_S[1 if ctx.quick else 0]
+    max_seconds = deadline - TERM_GRACE_S - ctx.clock() - TRAIN_AFTER_S[1 if ctx.quick else 0]
     if max_seconds < 1:
         raise PartSkipped(f"{max_seconds:.0f} s for training")
     command = _python("-m", "experiments.imc385", f"--flagfile={FLAGFILE}", f"--workdir={workdir}",
@@ -292,7 +316,7 @@ def part_train(ctx: Context, deadline: float) -> dict:
     if ctx.quick:
         command += list(QUICK_TRAIN_FLAGS)
     out = {"max_seconds": round(max_seconds), "flagfile": FLAGFILE, "quick_flags": list(QUICK_TRAIN_FLAGS) if ctx.quick else []}
-    out.update(run_logged(ctx, "train", command, stop))
+    out.update(run_logged(ctx, "train", command, deadline, grace=TERM_GRACE_S))
     for name, target in (("metrics.jsonl", "train_metrics.jsonl"), ("imc_report.md", "imc_report.md")):
         if (workdir / name).is_file():
             shutil.copyfile(workdir / name, ctx.out / target)
@@ -365,10 +389,14 @@ def part_environment(ctx: Context, deadline: float) -> dict:
         except (OSError, subprocess.TimeoutExpired) as error:
             text = f"not run: {error}"
         sections.append(f"$ {' '.join(command)}\n{text.rstrip()}\n")
-    done = subprocess.run(_python("-c", ENV_SCRIPT), cwd=REPO, env={**os.environ, **ctx.env}, capture_output=True,
-                          text=True, timeout=max(1.0, deadline - ctx.clock()))
-    lines = [line for line in done.stdout.splitlines() if line.startswith("ENV ")]
-    env = json.loads(lines[-1][4:]) if lines else {"error": done.stderr[-500:]}
+    (ctx.out / "environment.txt").write_text("\n".join(sections))  # kept if the versions take too long
+    try:
+        done = subprocess.run(_python("-c", ENV_SCRIPT), cwd=REPO, env={**os.environ, **ctx.env}, capture_output=True,
+                              text=True, timeout=max(1.0, deadline - ctx.clock()))
+        lines = [line for line in done.stdout.splitlines() if line.startswith("ENV ")]
+        env = json.loads(lines[-1][4:]) if lines else {"error": done.stderr[-500:]}
+    except subprocess.TimeoutExpired:
+        env = {"error": "the versions took longer than the part's time"}
     sections.append("$ versions\n" + json.dumps(env, indent=1) + "\n")
     (ctx.out / "environment.txt").write_text("\n".join(sections))
     return {"nvidia_smi": "ok" if "NVIDIA-SMI" in sections[0] else sections[0].splitlines()[-1][:200], **env}
@@ -469,11 +497,10 @@ def main(argv=None) -> int:
             start = ctx.clock()
             left = plan[name] - start
             entry = {"started_s": round(start - t0, 1), "time_given_s": round(left, 1)}
-            missing = [m for m in NEEDS.get(name, ()) if ctx.available.get(m) is False
-                       or (m not in ctx.available and not _importable(ctx, m))]
-            if left < minimum_s(name, args.quick):
+            if left < minimum_s(name, args.quick) - SLACK_S:
                 entry.update(status="skipped", reason=f"{left:.0f} s left, {minimum_s(name, args.quick):.0f} s needed")
-            elif missing:
+            elif missing := [m for m in NEEDS.get(name, ()) if ctx.available.get(m) is False
+                             or (m not in ctx.available and not _importable(ctx, m))]:
                 entry.update(status="skipped", reason=f"{', '.join(missing)} not importable (no wheels?)")
             else:
                 ctx.say(f"{name}: up to {left:.0f} s")
@@ -483,7 +510,7 @@ def main(argv=None) -> int:
                 except PartSkipped as why:
                     entry.update(status="skipped", reason=str(why))
                 except Exception as error:  # noqa: BLE001 - the run goes on with the next part
-                    entry.update(status="failed", error=f"{type(error).__name__}: {error}")
+                    entry.update(status="failed", error=f"{type(error).__name__}: {error}"[:500])
             entry["seconds"] = round(ctx.clock() - start, 1)
             ctx.report["parts"][name] = entry
             ctx.report["targets"] = targets(ctx.report)

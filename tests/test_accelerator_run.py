@@ -1,6 +1,8 @@
 """benchmarks/accelerator_run.py: the budget plan, the parts' order and statuses, the saved report,
 stopping a process at its part's end, and the output folder the device tool can bring back."""
 import json
+import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -107,8 +109,7 @@ def test_parts_that_need_a_missing_module_are_skipped(clock, monkeypatch, tmp_pa
                                             reason="pywt not importable (no wheels?)")
 
 
-def test_a_process_still_running_at_its_end_gets_sigterm_then_sigkill(monkeypatch, tmp_path):
-    monkeypatch.setattr(run, "TERM_GRACE_S", 1.0)
+def test_a_process_still_running_at_its_end_gets_sigterm_then_sigkill(tmp_path):
     ctx = run.Context(out=tmp_path, scratch=tmp_path, quick=True, wheels=tmp_path, photos=None)
     ctx.log = open(tmp_path / "run.log", "w")
     polite = textwrap.dedent("""
@@ -117,10 +118,10 @@ def test_a_process_still_running_at_its_end_gets_sigterm_then_sigkill(monkeypatc
         print("started", flush=True)
         time.sleep(60)
     """)
-    result = run.run_logged(ctx, "polite", [sys.executable, "-c", polite], deadline=ctx.clock() + 3)
+    result = run.run_logged(ctx, "polite", [sys.executable, "-c", polite], deadline=ctx.clock() + 3, grace=1.5)
     assert result["stopped"] and result["rc"] == 3
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('started', flush=True); time.sleep(60)"
-    result = run.run_logged(ctx, "stubborn", [sys.executable, "-c", stubborn], deadline=ctx.clock() + 3)
+    result = run.run_logged(ctx, "stubborn", [sys.executable, "-c", stubborn], deadline=ctx.clock() + 3, grace=1.5)
     assert result["stopped"] and result["rc"] == -9
     ctx.log.close()
     log = (tmp_path / "run.log").read_text()
@@ -145,3 +146,39 @@ def test_real_run_of_the_cheap_parts_fills_a_flat_folder_the_device_tool_returns
     done = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_run", "--out", str(out), "--budget_s", "60"],
                           cwd=run.REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "stray.txt" in done.stderr
+
+
+def test_wheels_install_into_the_site_and_fall_back_to_the_carried_protobuf_only_when_needed(monkeypatch, tmp_path):
+    wheels = tmp_path / "wheels"
+    (wheels / "fallback").mkdir(parents=True)
+    for name in ("grain-0-py3-none-any.whl", "pywavelets-0-py3-none-any.whl", "fallback/protobuf-0-py3-none-any.whl"):
+        (wheels / name).write_bytes(b"")
+    installed = []
+
+    def fake_run_logged(ctx, label, command, deadline, env=None):
+        installed.append([pathlib.Path(c).name for c in command if str(c).endswith(".whl")])
+        return {"rc": 0, "seconds": 0.0, "stopped": False}
+
+    def fake_import_error(ctx, module):
+        if module == "grain" and not any("protobuf-0-py3-none-any.whl" in names for names in installed):
+            return "TypeError: Descriptors cannot be created directly (protobuf too old)"
+        return None
+
+    monkeypatch.setattr(run, "run_logged", fake_run_logged)
+    monkeypatch.setattr(run, "_import_error", fake_import_error)
+    ctx = run.Context(out=tmp_path, scratch=tmp_path / "scratch", quick=True, wheels=wheels, photos=None)
+    out = run.part_wheels(ctx, deadline=ctx.clock() + 60)
+    assert installed == [["grain-0-py3-none-any.whl", "pywavelets-0-py3-none-any.whl"],
+                         ["protobuf-0-py3-none-any.whl"]]
+    assert ctx.available == {"grain": True, "pywt": True} and out["import_errors"] == {}
+    assert "protobuf too old" in out["fallback"]["because"]
+    assert ctx.env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "scratch" / "site")
+
+    # Another import error: no fallback, the part says why grain is missing.
+    installed.clear()
+    monkeypatch.setattr(run, "_import_error", lambda ctx, m: "ModuleNotFoundError: No module named 'portpicker'"
+                        if m == "grain" else None)
+    ctx = run.Context(out=tmp_path, scratch=tmp_path / "scratch2", quick=True, wheels=wheels, photos=None)
+    out = run.part_wheels(ctx, deadline=ctx.clock() + 60)
+    assert len(installed) == 1 and "fallback" not in out
+    assert ctx.available == {"grain": False, "pywt": True} and "portpicker" in out["import_errors"]["grain"]
