@@ -32,7 +32,8 @@ minus the least time of the parts after it (MINIMUM_S; a part given less than it
 time, by more than SLACK_S, is skipped and said to be), so the later parts keep their share and the training gets
 whatever the others leave (at least 5 minutes in a full run of 570 s, if the earlier parts keep
 to their shares). A process still running TERM_GRACE_S before its part's end gets SIGTERM (the
-trainer then saves and stops; the other processes QUICK_GRACE_S before), at the end SIGKILL. `--quick` runs the same code paths at tiny sizes (the 1/8-width
+trainer then saves and stops; the other processes QUICK_GRACE_S before), at the end its whole
+process group SIGKILL. `--quick` runs the same code paths at tiny sizes (the 1/8-width
 network of `accelerator.py --quick`, tiny loader batches, a 1/8-width IMC-385 on 32 x 32
 crops): a rehearsal on a CPU.
 
@@ -65,7 +66,7 @@ PARTS = ("wheels", "accelerator", "loaders", "train", "environment")
 MINIMUM_S = {
     "wheels": (20.0, 20.0),
     "accelerator": (60.0, 30.0),
-    "loaders": (60.0, 60.0),  # two streams: worker start-up and 8 s timed each (2 s with --quick)
+    "loaders": (60.0, 90.0),  # two streams: worker start-up and 8 s timed each (2 s with --quick)
     "train": (355.0, 160.0),  # at least 300 s of --max_seconds (100 with --quick) + TRAIN_AFTER_S + grace
     "environment": (15.0, 15.0),
 }
@@ -74,7 +75,7 @@ TRAIN_AFTER_S = (45.0, 50.0)  # process start before training, final validation 
 TERM_GRACE_S = 10.0  # the trainer, still running this long before its part's end, gets SIGTERM (it saves)
 QUICK_GRACE_S = 2.0  # the same for the other processes (they need no time to stop)
 SLACK_S = 5.0  # a part that finds its least time short by no more than this still runs
-STREAM_RESERVE_S = 25.0  # of the loaders' time, kept for the second stream while the first runs
+STREAM_RESERVE_S = (25.0, 45.0)  # of the loaders' time, kept for the second stream while the first runs
 NEEDS = {"loaders": ("grain",), "train": ("grain", "pywt")}
 TARGET_LOADER_RATIO = 1.5
 FLAGFILE = "experiments/flags/imc385_accelerator.flags"
@@ -111,6 +112,14 @@ class PartSkipped(Exception):
     """A part that cannot run here (e.g. a missing input); not a failure of the run."""
 
 
+class PartFailed(RuntimeError):
+    """A part that failed, with the figures it had collected (kept in run.json)."""
+
+    def __init__(self, message: str, figures: dict):
+        super().__init__(message)
+        self.figures = figures
+
+
 def minimum_s(part: str, quick: bool) -> float:
     return MINIMUM_S[part][1 if quick else 0]
 
@@ -130,8 +139,10 @@ def deadlines(parts, end: float, quick: bool) -> dict:
 def run_logged(ctx: Context, label: str, command: list, deadline: float, env: Optional[dict] = None,
                grace: float = QUICK_GRACE_S) -> dict:
     """Runs `command` in its own process group, its output copied to run.log and stdout line by
-    line; still running `grace` seconds before `deadline`, the group gets SIGTERM, at `deadline`
-    SIGKILL. Returns {"rc", "seconds", "stopped"} (stopped: it got SIGTERM)."""
+    line; still running `grace` seconds before `deadline`, the process gets SIGTERM (only it: the
+    trainer's data workers must live on while it saves), at `deadline` the group SIGKILL, and so
+    does whatever the process leaves behind. Returns {"rc", "seconds", "stopped"} (stopped: it got
+    SIGTERM)."""
     start = ctx.clock()
     proc = subprocess.Popen([str(c) for c in command], cwd=REPO, env={**os.environ, **ctx.env, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -153,7 +164,7 @@ def run_logged(ctx: Context, label: str, command: list, deadline: float, env: Op
     except subprocess.TimeoutExpired:
         stopped = True
         ctx.say(f"{label}: still running {grace:g} s before its part's end: SIGTERM")
-        _signal_group(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=max(0.0, deadline - ctx.clock()))
         except subprocess.TimeoutExpired:
@@ -221,7 +232,7 @@ def part_wheels(ctx: Context, deadline: float) -> dict:
     out["importable"] = dict(ctx.available)
     out["import_errors"] = {m: e for m, e in errors.items() if e}
     if wheels and out.get("rc") != 0:
-        raise RuntimeError(f"pip install of {len(wheels)} wheels failed (rc {out.get('rc')}); see run.log")
+        raise PartFailed(f"pip install of {len(wheels)} wheels failed (rc {out.get('rc')}); see run.log", out)
     return out
 
 
@@ -237,7 +248,7 @@ def part_accelerator(ctx: Context, deadline: float) -> dict:
         command += ["--dtypes", ctx.dtypes]
     out = run_logged(ctx, "accelerator", command, deadline)
     if not path.is_file():
-        raise RuntimeError(f"benchmarks.accelerator wrote no {path.name} (rc {out['rc']})")
+        raise PartFailed(f"benchmarks.accelerator wrote no {path.name} (rc {out['rc']})", out)
     report = json.loads(path.read_text())
     out["device"] = report.get("device")
     out["rows"] = {f"{s['row']}/{s['dtype']}": {k: s.get(k) for k in ("ms", "per_s", "tflops_per_s", "peak_share",
@@ -247,7 +258,7 @@ def part_accelerator(ctx: Context, deadline: float) -> dict:
     out["measured"] = [f"{r['row']}/{r['dtype']}" for r in report.get("jax", []) if "median_s" in r]
     out["process_s"] = {f"{r['row']}/{r['dtype']}": round(r.get("process_s", 0), 1) for r in report.get("jax", [])}
     if out["rc"] != 0:
-        raise RuntimeError(f"benchmarks.accelerator exited {out['rc']} (its JSON is kept)")
+        raise PartFailed(f"benchmarks.accelerator exited {out['rc']} (its JSON is kept)", out)
     return out
 
 
@@ -281,7 +292,7 @@ def part_loaders(ctx: Context, deadline: float) -> dict:
     streams = (("imc", "imc_train"), ("forgery", "e2e_train"))
     for i, (stream, row) in enumerate(streams):
         spec = _shapes(ctx.quick)[stream]
-        stream_deadline = deadline - STREAM_RESERVE_S * (len(streams) - 1 - i)
+        stream_deadline = deadline - STREAM_RESERVE_S[1 if ctx.quick else 0] * (len(streams) - 1 - i)
         path = ctx.scratch / f"loader_{stream}.json"
         command = _python("-m", "benchmarks.loader", "--stream", stream, "--workers", out["workers"],
                           "--batch_size", spec.batch, "--crop", spec.height, "--seconds", seconds, "--json", path)
@@ -300,7 +311,7 @@ def part_loaders(ctx: Context, deadline: float) -> dict:
         out["streams"][stream] = entry
     failed = [s for s, e in out["streams"].items() if e["samples_per_s"] is None]
     if failed:
-        raise RuntimeError(f"no loader rate for {', '.join(failed)}; see run.log")
+        raise PartFailed(f"no loader rate for {', '.join(failed)}; see run.log", out)
     return out
 
 
@@ -323,7 +334,7 @@ def part_train(ctx: Context, deadline: float) -> dict:
     out.update(summarize_training(workdir))
     out["harness_step"] = step_consumption(ctx, "imc_train")  # the bare step, for what the trainer reached
     if "validation" not in out:
-        raise RuntimeError(f"the trainer wrote no final_metrics.json (rc {out['rc']}); see run.log")
+        raise PartFailed(f"the trainer wrote no final_metrics.json (rc {out['rc']}); see run.log", out)
     return out
 
 
@@ -509,6 +520,9 @@ def main(argv=None) -> int:
                     entry["status"] = "ok"
                 except PartSkipped as why:
                     entry.update(status="skipped", reason=str(why))
+                except PartFailed as error:
+                    entry.update(error.figures)
+                    entry.update(status="failed", error=str(error)[:500])
                 except Exception as error:  # noqa: BLE001 - the run goes on with the next part
                     entry.update(status="failed", error=f"{type(error).__name__}: {error}"[:500])
             entry["seconds"] = round(ctx.clock() - start, 1)

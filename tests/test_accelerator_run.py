@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -55,8 +56,8 @@ def test_parts_keep_the_budget_skip_what_no_longer_fits_and_save_after_each(cloc
         return {"rows": {}}
 
     def loaders(ctx, deadline):
-        clock.now += 30  # overruns its share, then fails
-        raise RuntimeError("no loader rate")
+        clock.now += 30  # overruns its share, then fails with what it measured
+        raise run.PartFailed("no loader rate for forgery", {"streams": {"imc": {"samples_per_s": 99.0}}})
 
     def train(ctx, deadline):  # must not run: too little time is left
         raise AssertionError("train ran")
@@ -75,7 +76,8 @@ def test_parts_keep_the_budget_skip_what_no_longer_fits_and_save_after_each(cloc
     status = {name: part["status"] for name, part in report["parts"].items()}
     assert status == {"wheels": "ok", "accelerator": "ok", "loaders": "failed", "train": "skipped",
                       "environment": "ok"}
-    assert "no loader rate" in report["parts"]["loaders"]["error"]
+    assert "no loader rate for forgery" in report["parts"]["loaders"]["error"]
+    assert report["parts"]["loaders"]["streams"]["imc"]["samples_per_s"] == 99.0  # kept
     assert "50 s needed" in report["parts"]["train"]["reason"]
     # The accelerator's share ends where the later parts' least times begin: 190 - 20 - 50 - 5.
     assert seen["accelerator_deadline"] == 115.0
@@ -112,20 +114,36 @@ def test_parts_that_need_a_missing_module_are_skipped(clock, monkeypatch, tmp_pa
 def test_a_process_still_running_at_its_end_gets_sigterm_then_sigkill(tmp_path):
     ctx = run.Context(out=tmp_path, scratch=tmp_path, quick=True, wheels=tmp_path, photos=None)
     ctx.log = open(tmp_path / "run.log", "w")
+    # SIGTERM reaches the process alone (its workers live on while it saves); what it leaves
+    # behind is killed with its group.
     polite = textwrap.dedent("""
-        import signal, sys, time
-        signal.signal(signal.SIGTERM, lambda *a: (print("saving", flush=True), sys.exit(3)))
+        import signal, subprocess, sys, time
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        def stop(*args):
+            print("saving; worker alive:", worker.poll() is None, "pid", worker.pid, flush=True)
+            sys.exit(3)
+        signal.signal(signal.SIGTERM, stop)
         print("started", flush=True)
         time.sleep(60)
     """)
-    result = run.run_logged(ctx, "polite", [sys.executable, "-c", polite], deadline=ctx.clock() + 3, grace=1.5)
+    result = run.run_logged(ctx, "polite", [sys.executable, "-c", polite], deadline=ctx.clock() + 5, grace=3)
     assert result["stopped"] and result["rc"] == 3
+    ctx.log.flush()
+    line = next(l for l in (tmp_path / "run.log").read_text().splitlines() if "saving" in l)
+    assert "worker alive: True" in line
+    worker = int(line.split("pid")[-1])
+    for _ in range(50):  # reaped by the test process's init shortly after the kill
+        if not pathlib.Path(f"/proc/{worker}").exists() or "Z" in pathlib.Path(f"/proc/{worker}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the worker outlived its group's SIGKILL")
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('started', flush=True); time.sleep(60)"
     result = run.run_logged(ctx, "stubborn", [sys.executable, "-c", stubborn], deadline=ctx.clock() + 3, grace=1.5)
     assert result["stopped"] and result["rc"] == -9
     ctx.log.close()
     log = (tmp_path / "run.log").read_text()
-    assert "[polite] started" in log and "[polite] saving" in log and "[stubborn] started" in log
+    assert "[polite] started" in log and "[stubborn] started" in log
 
 
 def test_real_run_of_the_cheap_parts_fills_a_flat_folder_the_device_tool_returns(tmp_path):
