@@ -2,7 +2,7 @@
 PyTorch peer of the same network, in float32 and bfloat16, on whatever device JAX finds.
 
     python -m benchmarks.accelerator [--quick] [--json PATH] [--rows ROW,...] [--dtypes D,...]
-                                     [--repeats 10] [--no_torch] [--no_loader]
+                                     [--repeats 10] [--no_torch] [--no_loader] [--budget_s S]
     (from the repository root; on an H100 or H200:
      python -m benchmarks.accelerator --json $OUT/accelerator.json)
 
@@ -58,6 +58,13 @@ the released configurations; the table says when that check fails. On a GPU
 the float32 rows use each framework's default precision, which may use TF32 (JAX: XLA's default;
 PyTorch: cudnn.allow_tf32, and matmul precision "high"); the JSON records JAX's setting.
 
+Order: the peak products, then the pairs the targets need (imc_train and infer in bfloat16: JAX,
+then the PyTorch peer), then the other requested rows (bfloat16 before float32: JAX, then
+PyTorch), then the PyTorch peer's equivalence check (on the CPU), then the loaders. --budget_s S bounds the whole run: no
+measuring process starts once S seconds are spent (it is reported as "skipped"), and each one is
+stopped at the end of them ("timeout"; the PyTorch process keeps the rows it finished); a JAX row
+after the target pairs starts only with at least the time the slowest finished row took.
+
 --json PATH writes everything (each row's times, FLOPs, memory, the peak matmul rates, the torch
 figures and check, the loaders, the device, jax/torch versions, the date); it is rewritten after
 every row, so an interrupted run keeps what it measured. A row that fails (e.g. runs out of memory)
@@ -86,6 +93,20 @@ QUICK_WIDTH_SCALE = 0.125
 # The issue's targets (H100).
 TARGET_INFER_MS_BF16 = 20.0
 TARGET_IMC_PEAK_SHARE_BF16 = 0.40
+# The (row, dtype) pairs those targets need, measured first (JAX, then the PyTorch peer).
+TARGET_PAIRS = (("imc_train", "bfloat16"), ("infer", "bfloat16"))
+# With --budget_s: no measuring process starts with less than this many seconds left.
+MIN_START_S = 5.0
+
+
+def measurement_order(rows, dtypes) -> tuple[list, list]:
+    """(first, rest): the requested (row, dtype) pairs that the targets need (TARGET_PAIRS), then
+    the others, bfloat16 before float32, each in ROWS order."""
+    pairs = [(row, dtype) for row in rows for dtype in dtypes]
+    first = [pair for pair in TARGET_PAIRS if pair in pairs]
+    rest = sorted((pair for pair in pairs if pair not in first),
+                  key=lambda pair: (pair[1] != "bfloat16", ROWS.index(pair[0]), DTYPES.index(pair[1])))
+    return first, rest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -635,9 +656,10 @@ def check_torch_peer() -> dict:
     return out
 
 
-def measure_torch_rows(specs, dtypes, quick: bool, repeats: int) -> dict:
-    """Every requested row and dtype of the PyTorch peer, in this one process (peak memory is reset
-    between rows)."""
+def measure_torch_rows(pairs, quick: bool, repeats: int) -> dict:
+    """The PyTorch peer's (RowSpec, dtype) pairs in order, in this one process (peak memory is reset
+    between rows). Each finished row is also printed as a PARTIAL line, so that a process stopped
+    by its timeout keeps the rows it measured."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -705,25 +727,25 @@ def measure_torch_rows(specs, dtypes, quick: bool, repeats: int) -> dict:
             result["peak_bytes"] = int(torch.cuda.max_memory_allocated())
         return result
 
-    for spec in specs:
-        for dtype_name in dtypes:
-            gc.collect()
-            if cuda:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            result = {"row": spec.name, "dtype": dtype_name}
-            try:
-                result.update(run_row(spec, dtype_name))
-            except torch.cuda.OutOfMemoryError as error:
-                result.update(error="OOM", detail=str(error).splitlines()[0])
-            except RuntimeError as error:  # CPU allocation failures and the like
-                text = str(error)
-                result.update(error="OOM" if "memory" in text.lower() else "error",
-                              detail=text.splitlines()[0] if text else type(error).__name__)
-            out["rows"].append(result)
-            print(f"torch {spec.name} {dtype_name}: "
-                  + (f"{1e3 * result['median_s']:.2f} ms" if "median_s" in result else result["error"]),
-                  file=sys.stderr, flush=True)
+    for spec, dtype_name in pairs:
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        result = {"row": spec.name, "dtype": dtype_name}
+        try:
+            result.update(run_row(spec, dtype_name))
+        except torch.cuda.OutOfMemoryError as error:
+            result.update(error="OOM", detail=str(error).splitlines()[0])
+        except RuntimeError as error:  # CPU allocation failures and the like
+            text = str(error)
+            result.update(error="OOM" if "memory" in text.lower() else "error",
+                          detail=text.splitlines()[0] if text else type(error).__name__)
+        out["rows"].append(result)
+        print("PARTIAL " + json.dumps(result), flush=True)
+        print(f"torch {spec.name} {dtype_name}: "
+              + (f"{1e3 * result['median_s']:.2f} ms" if "median_s" in result else result["error"]),
+              file=sys.stderr, flush=True)
     return out
 
 
@@ -738,16 +760,26 @@ def _run_child(args: list[str], timeout: float, env: Optional[dict] = None) -> d
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               env=None if env is None else {**os.environ, **env})
-    except subprocess.TimeoutExpired:
-        return {"error": "timeout", "detail": f"no result within {timeout:.0f} s", "process_s": timeout}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode == 0 and lines:
-        return dict(json.loads(lines[-1][len("RESULT "):]), process_s=time.perf_counter() - start)
+    except subprocess.TimeoutExpired as expired:
+        out = expired.stdout.decode(errors="replace") if isinstance(expired.stdout, bytes) else expired.stdout
+        result = {"error": "timeout", "detail": f"no result within {timeout:.0f} s", "process_s": timeout}
+        partial = _tagged(out or "", "PARTIAL ")
+        return dict(result, rows=partial) if partial else result
+    results = _tagged(done.stdout, "RESULT ")
+    if done.returncode == 0 and results:
+        return dict(results[-1], process_s=time.perf_counter() - start)
     text = (done.stderr or "") + (done.stdout or "")
     oom = any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OutOfMemory"))
     tail = " | ".join(text.strip().splitlines()[-3:])
-    return {"error": "OOM" if oom else f"exit {done.returncode}", "detail": tail[-600:],
-            "process_s": time.perf_counter() - start}
+    result = {"error": "OOM" if oom else f"exit {done.returncode}", "detail": tail[-600:],
+              "process_s": time.perf_counter() - start}
+    partial = _tagged(done.stdout, "PARTIAL ")
+    return dict(result, rows=partial) if partial else result
+
+
+def _tagged(stdout: str, tag: str) -> list[dict]:
+    """The JSON objects of a child's lines that start with `tag`."""
+    return [json.loads(line[len(tag):]) for line in stdout.splitlines() if line.startswith(tag)]
 
 
 def _torch_available() -> Optional[str]:
@@ -821,15 +853,18 @@ def check_targets(summaries: list[dict], torch_ran: bool) -> list[tuple[str, str
         verdicts.append(("JAX at least as fast as PyTorch in every row", "n/a"))
     else:
         slower = [f"{s['row']}/{s['dtype']}" for s in ratios if s["speed_ratio"] < 1]
+        compared = f"; {len(ratios)} of {len(summaries)} rows compared" if len(ratios) < len(summaries) else ""
         verdicts.append(("JAX at least as fast as PyTorch in every row"
-                         + (f" (slower: {', '.join(slower)})" if slower else ""), "FAIL" if slower else "PASS"))
+                         + (f" (slower: {', '.join(slower)}{compared})" if slower else
+                            f" ({compared[2:]})" if compared else ""), "FAIL" if slower else "PASS"))
     large = [s for s in summaries if s["row"] == "infer_large"]
-    if not large:
+    ooms = [s["dtype"] for s in large if s.get("error") == "OOM"]
+    if ooms:
+        verdicts.append((f"infer_large never runs out of memory (OOM: {', '.join(ooms)})", "FAIL"))
+    elif any(s.get("ms") is not None for s in large):
+        verdicts.append(("infer_large never runs out of memory", "PASS"))
+    else:  # not requested, not started (budget) or failed otherwise
         verdicts.append(("infer_large never runs out of memory", "n/a"))
-    else:
-        ooms = [s["dtype"] for s in large if s.get("error") == "OOM"]
-        verdicts.append(("infer_large never runs out of memory" + (f" (OOM: {', '.join(ooms)})" if ooms else ""),
-                         "FAIL" if ooms else "PASS"))
     return verdicts
 
 
@@ -862,44 +897,59 @@ def orchestrate(args) -> int:
     def progress(text):
         print(text, file=sys.stderr, flush=True)
 
-    progress("peak matrix products ...")
-    peak = _run_child(["--child", "peak", "--dtypes", ",".join(dtypes)] + common, args.row_timeout)
+    # Every measurement in its own process, in the order of measurement_order; with --budget_s none
+    # starts once the budget is spent, and each is stopped at the budget's end.
+    deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
+
+    def run(label: str, child_args: list[str], limit: float, env: Optional[dict] = None, needs: float = 0.0) -> dict:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left < max(MIN_START_S, needs):
+            progress(f"{label}: not started ({left:.0f} s of --budget_s left)")
+            return {"error": "skipped", "detail": f"not started: {left:.0f} s of --budget_s left", "process_s": 0.0}
+        progress(f"{label} ...")
+        return _run_child(child_args, limit if left is None else min(limit, left), env)
+
+    peak = run("peak matrix products", ["--child", "peak", "--dtypes", ",".join(dtypes)] + common, args.row_timeout)
     report["peak"] = peak
     report["device"] = peak.get("device")
     report["versions"] = peak.get("versions", {})
     _write_json(args.json, report)
 
-    for name in rows:
-        for dtype in dtypes:
-            progress(f"jax {name} {dtype} ...")
-            result = _run_child(["--child", "row", "--row", name, "--dtypes", dtype] + common, args.row_timeout)
+    torch_version = None if args.no_torch else _torch_available()
+    report["torch"] = {"version": torch_version, "rows": []} if torch_version else None
+    first, rest = measurement_order(rows, dtypes)
+    for stage in (first, rest):
+        for name, dtype in stage:
+            # A row of the rest starts only with the time the slowest finished row took: one stopped
+            # half way would only waste the budget.
+            took = [r["process_s"] for r in report["jax"] if "median_s" in r]
+            result = run(f"jax {name} {dtype}", ["--child", "row", "--row", name, "--dtypes", dtype] + common,
+                         args.row_timeout, needs=max(took) if took and stage is not first else 0.0)
             result.setdefault("row", name)
             result.setdefault("dtype", dtype)
             report["jax"].append(result)
             _write_json(args.json, report)
-
-    torch_version = None if args.no_torch else _torch_available()
-    report["torch"] = None
-    if torch_version:
-        progress(f"torch {torch_version}: equivalence check (CPU) ...")
-        report["torch_check"] = _run_child(["--child", "torch_check"] + common, args.row_timeout,
-                                           env={"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""})
-        progress("torch rows ...")
-        report["torch"] = _run_child(["--child", "torch", "--rows", ",".join(rows), "--dtypes", ",".join(dtypes)]
-                                     + common, args.row_timeout * max(1, len(rows) * len(dtypes)))
+        if not torch_version or not stage:
+            continue
+        pairs = ",".join(f"{name}:{dtype}" for name, dtype in stage)
+        out = run(f"torch rows {pairs}", ["--child", "torch", "--pairs", pairs] + common, args.row_timeout * len(stage))
+        done = {(r["row"], r["dtype"]): r for r in out.get("rows", [])}
+        for name, dtype in stage:  # a row the process did not finish gets the process's error
+            report["torch"]["rows"].append(done.get((name, dtype)) or {
+                "row": name, "dtype": dtype, "error": out.get("error", "missing"), "detail": out.get("detail", "")})
+        report["torch"].update({k: out[k] for k in ("device", "threads") if k in out})
+        _write_json(args.json, report)
+    if torch_version:  # on the CPU, so it says nothing about the device: after every timing
+        report["torch_check"] = run(f"torch {torch_version}: equivalence check (CPU)", ["--child", "torch_check"]
+                                    + common, args.row_timeout, env={"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""})
         _write_json(args.json, report)
 
     if not args.no_loader:
-        progress("data loaders ...")
-        report["loaders"] = _run_child(["--child", "loaders", "--loader_seconds", str(args.loader_seconds)] + common,
-                                       args.row_timeout, env={"JAX_PLATFORMS": "cpu"})
+        report["loaders"] = run("data loaders", ["--child", "loaders", "--loader_seconds", str(args.loader_seconds)]
+                                + common, args.row_timeout, env={"JAX_PLATFORMS": "cpu"})
 
-    torch_rows = {}
-    if report["torch"] and "rows" in report["torch"]:
-        torch_rows = {(r["row"], r["dtype"]): r for r in report["torch"]["rows"]}
-    elif report["torch"]:
-        torch_rows = {(name, dtype): report["torch"] for name in rows for dtype in dtypes}  # the whole run failed
-    for result in report["jax"]:
+    torch_rows = {(r["row"], r["dtype"]): r for r in report["torch"]["rows"]} if report["torch"] else {}
+    for result in sorted(report["jax"], key=lambda r: (ROWS.index(r["row"]), DTYPES.index(r["dtype"]))):
         torch_row = torch_rows.get((result["row"], result["dtype"])) if report["torch"] else None
         report["summary"].append(summarize_row(result, torch_row, peak, specs[result["row"]]))
     report["targets"] = [{"target": t, "verdict": v} for t, v in check_targets(report["summary"], bool(report["torch"]))]
@@ -976,8 +1026,8 @@ def child(args) -> int:
     elif args.child == "torch_check":
         result = check_torch_peer()
     elif args.child == "torch":
-        rows = [specs[name] for name in args.rows.split(",")]
-        result = measure_torch_rows(rows, args.dtypes.split(","), args.quick, args.repeats)
+        pairs = [(specs[name], dtype) for name, dtype in (pair.split(":") for pair in args.pairs.split(","))]
+        result = measure_torch_rows(pairs, args.quick, args.repeats)
     elif args.child == "loaders":
         result = measure_loaders(args.quick, args.loader_seconds)
     else:
@@ -998,11 +1048,17 @@ def main(argv=None) -> int:
     parser.add_argument("--loader_seconds", type=float, default=None,
                         help="timed seconds per loader (default 10, --quick 3)")
     parser.add_argument("--row_timeout", type=float, default=900, help="seconds allowed to each measuring process")
+    parser.add_argument("--budget_s", type=float, default=None,
+                        help="seconds for the whole run: no measuring process starts after them, and each is "
+                             "stopped at their end (the rows the targets need are measured first)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: peak|row|torch|...
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--pairs", default=None, help=argparse.SUPPRESS)  # the torch child's row:dtype,...
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
+    if args.budget_s is not None and not args.budget_s > 0:
+        raise SystemExit("--budget_s must be > 0")
     if args.loader_seconds is None:
         args.loader_seconds = 3.0 if args.quick else 10.0
     if args.child:

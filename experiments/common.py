@@ -42,6 +42,9 @@ def define_common_flags(default_workdir: str):
     flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint interval in steps (and at every epoch end).", lower_bound=1)
     flags.DEFINE_integer("keep", 3, "Checkpoints kept besides the best one.", lower_bound=1)
     flags.DEFINE_integer("log_every", 50, "Steps between progress lines.", lower_bound=1)
+    flags.DEFINE_float("max_seconds", 0, "Wall seconds after which no new step starts (from the start of training, "
+                       "compilation included); the run then validates and writes its report, and the same "
+                       "command resumes it. 0: no limit.", lower_bound=0)
     flags.DEFINE_integer("val_samples", 3800, "Samples in the fixed validation set.", lower_bound=1)
     flags.DEFINE_integer("val_batch_size", 64, "Validation batch size (global).", lower_bound=1)
     flags.DEFINE_enum("backbone", "released", list(config_lib.BACKBONES), "Featex widths/depth (Tables 2 and 5).")
@@ -79,7 +82,7 @@ def loop_config():
         plateau_patience=FLAGS.plateau_patience, plateau_factor=FLAGS.plateau_factor,
         precision=FLAGS.precision, grad_clip_norm=FLAGS.grad_clip_norm,
         checkpoint_every=FLAGS.checkpoint_every, keep=FLAGS.keep,
-        log_every=FLAGS.log_every, overwrite=FLAGS.overwrite)
+        log_every=FLAGS.log_every, overwrite=FLAGS.overwrite, max_seconds=FLAGS.max_seconds or None)
 
 
 def photo_index(data_dir: str, patch: int = 256):

@@ -96,3 +96,26 @@ def test_benchmark_variables_have_the_model_shapes():
     leaves = jax.tree_util.tree_leaves(variables)
     assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
     assert np.all(variables["batch_stats"]["bnorm"]["moving_variance"] == 1)
+
+
+def test_measurement_order_puts_the_target_pairs_first():
+    first, rest = accelerator.measurement_order(accelerator.ROWS, accelerator.DTYPES)
+    assert first == [("imc_train", "bfloat16"), ("infer", "bfloat16")]
+    assert rest == [("e2e_train", "bfloat16"), ("infer_large", "bfloat16"), ("imc_train", "float32"),
+                    ("e2e_train", "float32"), ("infer", "float32"), ("infer_large", "float32")]
+    assert accelerator.measurement_order(["infer_large", "infer"], ["float32"]) == ([], [("infer", "float32"),
+                                                                                         ("infer_large", "float32")])
+
+
+def test_spent_budget_starts_no_measurement_and_says_so(tmp_path):
+    out = tmp_path / "accelerator.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.accelerator", "--quick", "--rows", "infer,imc_train", "--dtypes", "bfloat16",
+         "--no_torch", "--no_loader", "--budget_s", "1", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["peak"]["error"] == "skipped"
+    assert [(r["row"], r["error"]) for r in report["jax"]] == [("imc_train", "skipped"), ("infer", "skipped")]
+    assert all(t["verdict"] == "n/a" for t in report["targets"])
+    assert "s of --budget_s left)" in done.stderr

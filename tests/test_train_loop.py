@@ -77,6 +77,29 @@ def test_resume_after_sigterm_is_bit_exact(index, tmp_path):
     assert final["step"] == 4 and np.isfinite(final["val_loss"])
 
 
+def test_time_limit_validates_reports_and_resumes(index, tmp_path):
+    work = tmp_path / "limited"
+    # A limit already spent after the first step: the run stops there, validates and reports.
+    summary = loop.train(make_task(index), loop_cfg(work, max_seconds=1e-6))
+    final = json.loads((work / "final_metrics.json").read_text())
+    assert final["step"] == 1 and final["time_limited"] is True
+    assert final["val_loss"] == pytest.approx(summary["val_loss"])
+    assert json.loads((work / "imc_report.json").read_text())["levels"]["1"]["classes"] == 27
+    assert checkpoint.Checkpointer(work).steps()[-1] == 1
+    # The same command without the limit continues from step 1 to the end.
+    loop.train(make_task(index), loop_cfg(work))
+    rows = [json.loads(line) for line in open(work / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
+    final = json.loads((work / "final_metrics.json").read_text())
+    assert final["step"] == 4 and final["time_limited"] is False
+    # Every train row after a call's first carries the samples/s since the previous row.
+    rates = {r["step"]: r.get("samples_per_s") for r in rows if r["kind"] == "train"}
+    assert rates[1] is None and rates[2] is None  # each call's first row holds compilation
+    assert rates[3] > 0 and rates[4] > 0
+    with pytest.raises(ValueError, match="max_seconds"):
+        loop_cfg(work, max_seconds=0)
+
+
 def test_two_devices_give_the_same_losses_as_one(index, tmp_path):
     assert jax.device_count() >= 2
     loop.train(make_task(index), loop_cfg(tmp_path / "one", epochs=1))

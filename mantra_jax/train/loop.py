@@ -5,7 +5,8 @@ the loss, the data, the validation metrics and the final report. This module say
 `jax.jit` step over a ("data",) mesh of every device (parameters replicated, batch split,
 gradients averaged by the compiler, state donated), the constraint projection after each update,
 validation and a reduce-on-plateau schedule each epoch, Orbax checkpoints that resume exactly,
-and what a person sees (progress line, metrics.jsonl, TensorBoard).
+an optional wall-time limit (`max_seconds`), and what a person sees (progress line,
+metrics.jsonl, TensorBoard).
 
 A work directory belongs to one run. The run holds its lock (mantra_jax.workdir) while it runs,
 and records in run.json what defines it (`run_settings`): the task (with its level), the model
@@ -26,6 +27,7 @@ import logging
 import math
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -64,6 +66,10 @@ class LoopConfig:
     async_checkpoint: bool = True
     grad_clip_norm: float = 1.0  # gradients rescaled to at most this global norm before Adam; 0: off
     overwrite: bool = False  # delete the earlier run in workdir (whatever its settings) and start over
+    # Wall seconds from the start of `train` (initialisation, validation set and compilation
+    # included) after which no new step starts: the run saves a checkpoint, validates and writes
+    # its report as at the end; the same command resumes it. None: no limit.
+    max_seconds: Optional[float] = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -75,6 +81,8 @@ class LoopConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not self.grad_clip_norm >= 0:
             raise ValueError(f"grad_clip_norm must be >= 0 (0: off), got {self.grad_clip_norm}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 (or None: no limit), got {self.max_seconds}")
 
     @property
     def total_steps(self) -> int:
@@ -159,13 +167,16 @@ class _Preemption:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def agreed(self) -> bool:
-        """Every process must stop at the same step."""
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
 
-        return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+def _on_any_process(*flags: bool) -> tuple[bool, ...]:
+    """Each flag, true where it is true on any process: every process must stop at the same step."""
+    if jax.process_count() == 1:
+        return tuple(bool(f) for f in flags)
+    from jax.experimental import multihost_utils
+
+    gathered = np.asarray(multihost_utils.process_allgather(np.array(flags, dtype=bool)))
+    return tuple(bool(f) for f in np.any(gathered.reshape(-1, len(flags)), axis=0))
 
 
 def make_mesh(num_devices: Optional[int] = None):
@@ -196,6 +207,7 @@ def train(task: Task, cfg: LoopConfig, *, on_step: Optional[Callable[[int], None
     docstring). `files` ({name: text}, e.g. the entry point's flags.txt) are written into the
     work directory once the run is accepted.
     """
+    started = time.monotonic()
     workdir = Path(cfg.workdir).absolute()
 
     # 1. Devices: one ("data",) mesh; parameters replicated, batches split.
@@ -323,6 +335,7 @@ def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_ste
         return task.summarize(sums), sums
 
     pending: list = []  # (step, metrics on device): fetched at log points, not every step
+    last_flush = {"step": None, "time": None}  # for the samples/s between two log points
 
     def flush(step):
         rows = jax.device_get([m for _, m in pending])
@@ -332,12 +345,16 @@ def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_ste
                 raise NonFiniteLoss(
                     f"non-finite loss ({float(m['loss'])}) at step {s}; stopping. The last good "
                     f"checkpoint is step {last[-1] if last else 'none'} in {workdir / ckpt_lib.STEPS_DIR}")
+        now = time.perf_counter()
         if rows:
             mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            if last_flush["step"] is not None and now > last_flush["time"]:  # the first row holds compilation
+                mean["samples_per_s"] = (step - last_flush["step"]) * cfg.batch_size / (now - last_flush["time"])
             writer.write(step, dict(mean, lr=cfg.learning_rate * meta["lr_scale"]), kind="train")
             if is_main:
                 progress.show(step, mean["loss"], f"  epoch {meta['epoch'] + 1}/{cfg.epochs}")
         pending.clear()
+        last_flush.update(step=step, time=now)
 
     def save(step):
         if meta["step"] == step:
@@ -349,6 +366,7 @@ def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_ste
     start = int(meta["step"])
     progress = reporting.Progress(cfg.total_steps, cfg.batch_size, start_step=start)
     last_eval = (None, None, None)
+    last = cfg.total_steps  # the last step of this call: earlier when the time limit stops it
     with _Preemption() as preemption, _closing(checkpointer, writer):
         for step in range(start + 1, cfg.total_steps + 1):
             batch = global_batch(next(train_iter), split)
@@ -358,6 +376,8 @@ def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_ste
                 on_step(step)
             if step % cfg.log_every == 0 or step == start + 1:
                 flush(step)
+                if step == start + 1:
+                    progress.reset_clock(step)  # the rates shown leave the compilation out
             if step % cfg.steps_per_epoch == 0:
                 flush(step)
                 meta["epoch"] = step // cfg.steps_per_epoch
@@ -375,22 +395,32 @@ def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_ste
                     print(f"epoch {meta['epoch']}: " + "  ".join(
                         f"{k} {v:.4f}" for k, v in summary.items() if k in task_headline(summary)), flush=True)
                 save(step)
+                last_flush["time"] = time.perf_counter()  # the next samples/s leaves validation out
             elif step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
                 flush(step)
                 save(step)
-            if preemption.agreed():
+            time_up = cfg.max_seconds is not None and time.monotonic() - started >= cfg.max_seconds
+            preempted, time_up = _on_any_process(preemption.requested, time_up)
+            if preempted:
                 flush(step)
                 save(step)
                 log.warning("stopped at step %d after SIGTERM; rerun the same command to resume", step)
                 return {"preempted": True, "step": step}
-        flush(cfg.total_steps)
-        save(cfg.total_steps)
+            if time_up:
+                last = step
+                if is_main:
+                    print(f"time limit of {cfg.max_seconds:g} s reached at step {step}: validating and "
+                          "stopping (rerun the same command to continue)", flush=True)
+                break
+        flush(last)
+        save(last)
 
     # 7. The final report, from the last state.
-    summary, sums = last_eval[1:] if last_eval[0] == cfg.total_steps else evaluate(state)
+    summary, sums = last_eval[1:] if last_eval[0] == last else evaluate(state)
     if is_main:
         task.final_report(workdir, summary, sums)
-        final = dict(summary, step=cfg.total_steps, best_step=meta["best_step"], best_val_loss=meta["best_val_loss"])
+        final = dict(summary, step=last, best_step=meta["best_step"], best_val_loss=meta["best_val_loss"],
+                     time_limited=last < cfg.total_steps)
         (workdir / "final_metrics.json").write_text(json.dumps(final, indent=1))
     return summary
 
