@@ -35,6 +35,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def main(argv: Sequence[str]) -> None:
     fv = flags.FLAGS
     common.start_evaluation_cli(argv, fv, ("checkpoint", "out"))
+    if not fv.formats or set(fv.formats) - {"stablehlo", "onnx"}:
+        raise app.UsageError(f"--formats takes stablehlo and/or onnx, got {','.join(fv.formats)}")
     from mantra_jax import export  # noqa: PLC0415  (JAX only when a model is run)
     from mantra_jax.train.checkpoint import CheckpointError  # noqa: PLC0415
 
