@@ -93,7 +93,7 @@ def decide(params, z_NxTxHxWxC, dtype=jnp.float32):
     """
     h = layers.convlstm(params["cLSTM"], z_NxTxHxWxC.astype(dtype))
     pred = layers.conv(h.astype(dtype), params["pred"]["kernel"], params["pred"]["bias"], padding="SAME")
-    return pred[..., 0].astype(jnp.float32)
+    return jnp.squeeze(pred, axis=-1).astype(jnp.float32)
 
 
 def apply(params, stats, feat_NxHxWxC, cfg: ModelConfig, *, train: bool):

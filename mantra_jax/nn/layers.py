@@ -54,19 +54,20 @@ def symmetric_conv(x_NxHxWxC, kernel_HWIO, bias=None, activation=None):
         raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(map(str, ACTIVATIONS))}")
     r = kernel_HWIO.shape[0] // 2
     _, height, width, _ = x_NxHxWxC.shape
-    if r == 0 or min(height, width) < 4 * r:
+    if r == 0 or height < 4 * r or width < 4 * r:  # (not min(): symbolic shapes, jax.export)
         return ACTIVATIONS[activation](conv(symmetric_pad(x_NxHxWxC, r), kernel_HWIO, bias))
 
     def band(strip, pads):  # a strip of 2r rows or columns plus its symmetric padding
         return conv(jnp.pad(strip, ((0, 0),) + pads + ((0, 0),), mode="symmetric"), kernel_HWIO, bias)
 
     x = x_NxHxWxC
+    strip = functools.partial(jax.lax.slice_in_dim, x)  # (not x[:, a:b]: a gather on symbolic shapes)
     parts = (
         conv(x, kernel_HWIO, bias, padding="SAME"),
-        band(x[:, : 2 * r], ((r, 0), (r, r))),  # rows [0, r)
-        band(x[:, height - 2 * r :], ((0, r), (r, r))),  # rows [height - r, height)
-        band(x[:, :, : 2 * r], ((r, r), (r, 0))),  # columns [0, r)
-        band(x[:, :, width - 2 * r :], ((r, r), (0, r))),  # columns [width - r, width)
+        band(strip(0, 2 * r, axis=1), ((r, 0), (r, r))),  # rows [0, r)
+        band(strip(height - 2 * r, height, axis=1), ((0, r), (r, r))),  # rows [height - r, height)
+        band(strip(0, 2 * r, axis=2), ((r, r), (r, 0))),  # columns [0, r)
+        band(strip(width - 2 * r, width, axis=2), ((r, r), (0, r))),  # columns [width - r, width)
     )
     if activation == "relu":
         return _rectified_border_fill(r, *parts)
@@ -75,10 +76,12 @@ def symmetric_conv(x_NxHxWxC, kernel_HWIO, bias=None, activation=None):
 
 def _border_fill(r, interior, top, bottom, left, right):
     """`interior` with its outer band of r pixels replaced: rows by top/bottom, then columns (and
-    so the corners) by left/right."""
+    so the corners) by left/right. In-place updates (what XLA makes of `.at[...].set` here anyway;
+    written out, they stay updates of slices on symbolic shapes too, see mantra_jax/export.py)."""
     height, width = interior.shape[1:3]
-    y = interior.at[:, :r].set(top).at[:, height - r :].set(bottom)
-    return y.at[:, :, :r].set(left).at[:, :, width - r :].set(right)
+    put = jax.lax.dynamic_update_slice
+    y = put(put(interior, top, (0, 0, 0, 0)), bottom, (0, height - r, 0, 0))
+    return put(put(y, left, (0, 0, 0, 0)), right, (0, 0, width - r, 0))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -193,11 +196,11 @@ def _window_means(integral, k: int):
     rows_hi, rows_lo = _clipped_ends(integral, 1, r)
     sums = [_clipped_ends(rows, 2, r) for rows in (rows_hi, rows_lo)]
     total = (sums[0][0] - sums[0][1]) - (sums[1][0] - sums[1][1])
-    counts = []
+    counts = []  # in-image pixels per window, exact integers (jnp, not np: symbolic shapes export)
     for n in integral.shape[1:3]:
-        i = np.arange(n - 1)
-        counts.append(np.minimum(i + r, n - 2) + 1 - np.maximum(i - r, 0))
-    return total / jnp.asarray(np.outer(*counts)[None, :, :, None].astype(np.float32))
+        i = jnp.arange(n - 1)
+        counts.append(jnp.minimum(i + r, n - 2) + 1 - jnp.maximum(i - r, 0))
+    return total / (counts[0][:, None] * counts[1][None, :]).astype(jnp.float32)[None, :, :, None]
 
 
 def window_deviations(x_NxHxWxC, windows, global_mean=None):
@@ -257,7 +260,9 @@ def convlstm(params, x_NxTxHxWxC):
     xz = conv(x_NxTxHxWxC.reshape(n * t, h, w, c), kernel, params["bias"], padding="SAME")
     xz = jnp.moveaxis(xz.reshape(n, t, h, w, 4 * f), 1, 0)
     # The carry is made from the input (not jnp.zeros) so that it inherits the batch sharding.
-    zero = jnp.zeros_like(xz[0, ..., :f], dtype=jnp.float32)
+    # (Slices, not xz[0, ..., :f]: basic indexing is a gather on symbolic shapes, see jax.export.)
+    zero = jnp.zeros_like(jax.lax.index_in_dim(jax.lax.slice_in_dim(xz, 0, f, axis=4), 0, keepdims=False),
+                          dtype=jnp.float32)
     cell = functools.partial(convlstm_cell, params["recurrent_kernel"])
     (h_last, _), _ = jax.lax.scan(cell, (zero, zero), xz, unroll=True)
     return h_last

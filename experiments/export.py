@@ -1,0 +1,57 @@
+"""Exports an end-to-end checkpoint to ONNX and serialized StableHLO, checked against the JAX model.
+
+  python -m experiments.export --checkpoint DIR --out OUTDIR [--formats stablehlo,onnx] [--opset 23]
+
+Writes OUTDIR/model.onnx (jax2onnx; input `input` uint8 N x H x W x 3, output `prob` float32
+N x H x W, dynamic N, H, W), OUTDIR/model.stablehlo (jax.export, symbolic N, H, W; load it with
+jax.export.deserialize) and OUTDIR/export_check.json (max_abs_diff_onnx, max_abs_diff_stablehlo:
+each export against Predictor.predict on random images of odd sizes). Exits non-zero when a
+difference reaches --tolerance (1e-4). ONNX needs the optional packages of
+requirements-export.txt; `--formats stablehlo` needs JAX only. Formats, metadata and how to
+handle large images: mantra_jax/export.py and the README.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from experiments import common
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines this entry point's flags (kept out of import time so tests can import the module)."""
+    fv = flag_values
+    flags.DEFINE_string("checkpoint", None, "End-to-end (ManTra-Net) checkpoint folder.", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output folder.", flag_values=fv)
+    flags.DEFINE_list("formats", ["stablehlo", "onnx"], "Formats to export: stablehlo, onnx.", flag_values=fv)
+    flags.DEFINE_integer("opset", 23, "ONNX opset.", lower_bound=13, flag_values=fv)
+    flags.DEFINE_float("tolerance", 1e-4, "Largest difference of probabilities allowed by the check.",
+                       lower_bound=0.0, flag_values=fv)
+
+
+def main(argv: Sequence[str]) -> None:
+    fv = flags.FLAGS
+    common.start_evaluation_cli(argv, fv, ("checkpoint", "out"))
+    if not fv.formats or set(fv.formats) - {"stablehlo", "onnx"}:
+        raise app.UsageError(f"--formats takes stablehlo and/or onnx, got {','.join(fv.formats)}")
+    from mantra_jax import export  # noqa: PLC0415  (JAX only when a model is run)
+    from mantra_jax.train.checkpoint import CheckpointError  # noqa: PLC0415
+
+    try:
+        report = export.export_checkpoint(fv.checkpoint, fv.out, formats=fv.formats, opset=fv.opset,
+                                          tolerance=fv.tolerance, log=lambda text: print(text, file=sys.stderr))
+    except export.ExportDependencyError as e:
+        sys.exit(f"error: {e}")
+    except (CheckpointError, ValueError) as e:
+        sys.exit(f"error: cannot export the checkpoint {fv.checkpoint}: {e}")
+    except export.ExportCheckFailed as e:
+        sys.exit(f"error: the export check failed: {e}")
+    print(json.dumps({k: report[k] for k in report if k.startswith(("max_abs_diff", "min_height"))}, indent=2))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
