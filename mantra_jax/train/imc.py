@@ -117,7 +117,8 @@ def make_task(model_cfg: ModelConfig, *, level: int, patch_index, learning_rate:
         train_dataset=train_dataset,
         val_batches=val_batches,
         final_report=final_report,
-        settings={"data": patch_index.settings(), "crop": crop, "val_samples": val_samples,
+        settings={"data": None if patch_index is None else patch_index.settings(),
+                  "crop": crop, "val_samples": val_samples,
                   "val_batch_size": val_batch_size},
         outputs=("imc_report.json", "imc_report.md", "confusion_L*.png"),
     )

@@ -225,7 +225,7 @@ def train(task: Task, cfg: LoopConfig, *, on_step: Optional[Callable[[int], None
     with contextlib.ExitStack() as stack:
         _on_process_0(lambda: stack.enter_context(workdir_lib.lock(workdir, what="training run")))
         _on_process_0(lambda: _start_run(workdir, task, cfg, files or {}))
-        return _train(task, cfg, workdir, mesh, val_batches, on_step)
+        return _train(task, cfg, workdir, mesh, val_batches, on_step, started)
 
 
 def _on_process_0(fn):
@@ -272,7 +272,7 @@ def _start_run(workdir: Path, task: Task, cfg: LoopConfig, files: dict):
         (workdir / name).write_text(text)
 
 
-def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_step) -> dict:
+def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_step, started: float) -> dict:
     is_main = jax.process_index() == 0
     dtype = PRECISIONS[cfg.precision]
     n_proc = jax.process_count()
