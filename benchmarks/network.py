@@ -46,17 +46,6 @@ def _parse_sizes(text):
     return sizes
 
 
-def _available_host_bytes():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _current_rss_bytes():
     try:
         with open("/proc/self/statm") as f:
@@ -99,7 +88,7 @@ def measure(n, h, w, mode, *, variant, dtype_name, repeats):
     import jax.numpy as jnp
     import numpy as np
 
-    from mantra_jax.nn import config, model
+    from mantra_jax.nn import config, model, tiled
 
     cfg = config.released(variant)
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
@@ -134,8 +123,7 @@ def measure(n, h, w, mode, *, variant, dtype_name, repeats):
                   compile_s=compile_s, flops=flops, xla_bytes=xla_total, xla_temp_bytes=xla_temp,
                   time_s=None, cpu_s=None, peak_bytes=None, calls=0, note="")
 
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    limit = stats.get("bytes_limit") if stats else _available_host_bytes()
+    limit = tiled.available_memory_bytes(device)
     if xla_total is not None and limit is not None and xla_total > 0.9 * limit:
         result["note"] = f"not run: needs {xla_total / 2**30:.1f} GiB, {limit / 2**30:.1f} GiB available"
         return result

@@ -170,10 +170,14 @@ class CachedMaps:
         self.predict_fn, self.folder = predict_fn, folder
         folder.mkdir(parents=True, exist_ok=True)
 
+    def path(self, rgb) -> Path:
+        """Where the map of this image is kept: named by a digest of its pixels."""
+        return self.folder / (hashlib.sha1(rgb.tobytes()).hexdigest()[:20] + ".npy")
+
     def __call__(self, rgb):
         import numpy as np
 
-        path = self.folder / (hashlib.sha1(rgb.tobytes()).hexdigest()[:20] + ".npy")
+        path = self.path(rgb)
         if path.exists():
             return np.load(path, allow_pickle=False)
         prob = np.asarray(self.predict_fn(rgb), np.float32)
@@ -194,17 +198,19 @@ def run_coverage() -> None:
         if name != BASELINE and not (_out() / name / "final_metrics.json").exists():
             _log(f"coverage {name}: not trained yet, skipped")
             continue
+        cached = source = None  # the model is loaded once, for the first mask set still to score
         for mask_set, masks in (("all", _out() / "data" / "coverage_masks_all"), ("strict", coverage / "mask")):
             out = _out() / "eval" / name / f"coverage_{mask_set}"
             if (out / "report.json").exists():
                 continue
-            if name == BASELINE:
-                predict_fn, source = baselines.noise_inconsistency, "noise_inconsistency (no training)"
-            else:
-                from mantra_jax.predict import Predictor
+            if cached is None:
+                if name == BASELINE:
+                    predict_fn, source = baselines.noise_inconsistency, "noise_inconsistency (no training)"
+                else:
+                    from mantra_jax.predict import Predictor
 
-                predict_fn, source = Predictor.from_checkpoint(_out() / name).predict, str(_out() / name)
-            cached = CachedMaps(predict_fn, _out() / "eval" / name / "maps")
+                    predict_fn, source = Predictor.from_checkpoint(_out() / name).predict, str(_out() / name)
+                cached = CachedMaps(predict_fn, _out() / "eval" / name / "maps")
             pairs, skipped = datasets.pair_images_and_masks(coverage / "image", masks, preset="coverage")
             _log(f"coverage {name} ({mask_set} masks): {len(pairs)} pairs")
             start = time.time()
@@ -242,13 +248,14 @@ def run_diagnose() -> None:
     pairs = pairs[: FLAGS.max_images or None]
     result = {}
     for name in E2E_RUNS + [BASELINE]:
-        maps = _out() / "eval" / name / "maps"
-        if not maps.is_dir():
+        folder = _out() / "eval" / name / "maps"
+        if not folder.is_dir():
             continue
+        maps = CachedMaps(None, folder)  # only its file names: nothing is predicted here
         values = []
         for pair in pairs:
             rgb = datasets.read_rgb(pair.image)
-            path = maps / (hashlib.sha1(rgb.tobytes()).hexdigest()[:20] + ".npy")
+            path = maps.path(rgb)
             if path.exists():
                 values.append(texture_auc(rgb, np.load(path, allow_pickle=False)))
         values = [v for v in values if v is not None]
@@ -267,6 +274,12 @@ def _read(path: Path):
 def _metrics(workdir: Path) -> list[dict]:
     path = workdir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _chosen_validation(workdir: Path) -> dict | None:
+    """The validation row of the step a run's checkpoints are read at: the lowest validation loss."""
+    val = [r for r in _metrics(workdir) if r.get("kind") == "val"]
+    return min(val, key=lambda r: r["val_loss"]) if val else None
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -319,8 +332,8 @@ def write_results() -> Path:
         final, wall = (out / name / "final_metrics.json").exists(), _read(out / name / "study_wall.json")
         rows = _metrics(out / name)
         steps = max((r["step"] for r in rows if r.get("kind") == "train"), default=None)
-        val = [r for r in rows if r.get("kind") == "val"]
-        best = min(val, key=lambda r: r["val_loss"])["step"] if val else None
+        chosen = _chosen_validation(out / name)
+        best = chosen["step"] if chosen else None
         minutes = wall["seconds"] / 60 if wall else None
         per_step = wall["seconds"] / steps if wall and steps else None
         lines.append(f"| {name}{'' if final else ' (unfinished)'} | {_fmt(steps)} | {_fmt(minutes, 1)} | "
@@ -346,10 +359,9 @@ def write_results() -> Path:
               "| model | " + " | ".join(f"AUC / F1 {t}" for t in ("splicing", "copy_move", "removal", "enhancement"))
               + " | AUC overall |", "|---|" + "---|" * 5]
     for name in E2E_RUNS:
-        val = [r for r in _metrics(out / name) if r.get("kind") == "val"]
-        if not val:
+        best = _chosen_validation(out / name)
+        if not best:
             continue
-        best = min(val, key=lambda r: r["val_loss"])
         cells = [f"{_fmt(best.get('auc_' + t))} / {_fmt(best.get('f1_' + t))}"
                  for t in ("splicing", "copy_move", "removal", "enhancement")]
         lines.append(f"| {name} (step {best['step']}) | " + " | ".join(cells) + f" | {_fmt(best.get('auc_overall'))} |")
@@ -383,10 +395,9 @@ def best_e2e_run() -> tuple[str, dict]:
     """The end-to-end run whose chosen step has the best synthetic validation AUC (never COVERAGE)."""
     best = None
     for name in E2E_RUNS:
-        val = [r for r in _metrics(_out() / name) if r.get("kind") == "val"]
-        if not (_out() / name / "final_metrics.json").exists() or not val:
+        chosen = _chosen_validation(_out() / name)
+        if not (_out() / name / "final_metrics.json").exists() or not chosen:
             continue
-        chosen = min(val, key=lambda r: r["val_loss"])
         if best is None or chosen["auc_overall"] > best[1]["auc_overall"]:
             best = (name, chosen)
     if best is None:
@@ -400,8 +411,7 @@ def run_package() -> None:
 
     if FLAGS.package_e2e:
         e2e_source = Path(FLAGS.package_e2e)
-        val = [r for r in _metrics(e2e_source) if r.get("kind") == "val"]
-        chosen = min(val, key=lambda r: r["val_loss"]) if val else {}
+        chosen = _chosen_validation(e2e_source) or {}
     else:
         name, chosen = best_e2e_run()
         e2e_source = _out() / name

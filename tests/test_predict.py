@@ -60,7 +60,9 @@ def test_array_inputs_are_converted_like_files(predictor):
         predictor.predict(np.zeros((4, 4, 5), np.uint8))
 
 
-def test_tiling_switches_on_above_the_pixel_limit(ckpt, monkeypatch):
+@pytest.fixture
+def tiled_calls(monkeypatch):
+    """The tile size of every tiled pass predict makes, in order."""
     calls = []
     real = tiled.tiled_probabilities
 
@@ -69,6 +71,11 @@ def test_tiling_switches_on_above_the_pixel_limit(ckpt, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tiled, "tiled_probabilities", spy)
+    return calls
+
+
+def test_tiling_switches_on_above_the_pixel_limit(ckpt, tiled_calls):
+    calls = tiled_calls
     cfg, variables = checkpoint.load_model(ckpt)
     rgb = _photo((70, 90), seed=1)
     whole = tiled.whole_image_probabilities(variables, rgb, cfg)
@@ -83,15 +90,8 @@ def test_tiling_switches_on_above_the_pixel_limit(ckpt, monkeypatch):
     assert len(calls) == 2  # at the limit: one whole-image pass
 
 
-def test_whole_image_or_tiled_follows_xla_memory_analysis_against_the_budget(ckpt, monkeypatch):
-    calls = []
-    real = tiled.tiled_probabilities
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs["tile"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tiled, "tiled_probabilities", spy)
+def test_whole_image_or_tiled_follows_xla_memory_analysis_against_the_budget(ckpt, monkeypatch, tiled_calls):
+    calls = tiled_calls
     cfg, variables = checkpoint.load_model(ckpt)
     rgb = _photo((70, 90), seed=2)
     program, needed = tiled.whole_image_program(variables, 70, 90, cfg)
