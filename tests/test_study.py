@@ -41,6 +41,28 @@ def test_noise_inconsistency_of_uniform_noise_is_near_zero_on_average_and_reject
         raise AssertionError("a grey image was accepted")
 
 
+def test_region_aucs_tell_a_map_that_finds_the_paste_from_one_that_follows_objects():
+    from experiments import study
+
+    rng = np.random.default_rng(2)
+    regions = {name: np.zeros((60, 60), bool) for name in ("forged", "copy", "paste")}
+    regions["forged"][5:20, 5:20] = regions["copy"][30:45, 5:20] = regions["paste"][30:45, 35:50] = True
+    noise = rng.uniform(0, 0.5, (60, 60))
+    finds_paste = np.where(regions["forged"], noise + 0.5, noise)  # only the pasted region above
+    result = study.region_aucs(finds_paste, regions, step=1)
+    assert result["forged_vs_background"] == 1.0 and result["forged_vs_copy"] == 1.0
+    assert 0.4 < result["copy_vs_background"] < 0.6 and 0.4 < result["paste_vs_background"] < 0.6
+
+    objects = np.where(regions["forged"] | regions["copy"] | regions["paste"], noise + 0.5, noise)
+    result = study.region_aucs(objects, regions, step=1)
+    assert result["forged_vs_background"] == result["copy_vs_background"] == result["paste_vs_background"] == 1.0
+    assert 0.35 < result["forged_vs_copy"] < 0.65  # a copy looks like its source
+    background = ~(regions["forged"] | regions["copy"] | regions["paste"])
+    labels = np.concatenate([np.ones(225), np.zeros(background.sum())])
+    scores = np.concatenate([noise[regions["copy"]], noise[background]])
+    assert study.region_aucs(noise, regions, step=1)["copy_vs_background"] == _exact_auc(scores, labels)
+
+
 def _study(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "experiments.study", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=120)
