@@ -1,6 +1,7 @@
 """Shared test helpers: synthetic photo folders, random networks drawn in numpy, batch comparison,
 the resume checks every grain stream must pass, and a lock held by another process."""
 import contextlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import cv2
 import jax
 import numpy as np
 
-from mantra_jax.data import imc_pipeline, photos
+from mantra_jax.data import photos
 from mantra_jax.nn import model
 
 
@@ -57,14 +58,19 @@ def assert_same_batches(a, b):
             np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
+def _saved_state(iterator):
+    """The iterator's state as the JSON text a checkpoint keeps of it."""
+    return json.dumps(iterator.get_state())
+
+
 def assert_restore_continues_the_stream(make_dataset):
     """A fresh iterator restored from a saved state yields what the saved one yields next."""
     uninterrupted = iter(make_dataset())
     take_batches(uninterrupted, 3)
-    saved = imc_pipeline.iterator_state_to_json(uninterrupted)
+    saved = _saved_state(uninterrupted)
     expected = take_batches(uninterrupted, 2)
     resumed = iter(make_dataset())
-    imc_pipeline.restore_iterator_state(resumed, saved)
+    resumed.set_state(json.loads(saved))
     assert_same_batches(take_batches(resumed, 2), expected)
 
 
@@ -75,9 +81,9 @@ def assert_workers_change_nothing(make_dataset):
     def run(workers, n, state=None):
         iterator = iter(make_dataset(workers))
         if state is not None:
-            imc_pipeline.restore_iterator_state(iterator, state)
+            iterator.set_state(json.loads(state))
         batches = take_batches(iterator, n)
-        state_after = imc_pipeline.iterator_state_to_json(iterator)
+        state_after = _saved_state(iterator)
         if hasattr(iterator, "close"):
             iterator.close()
         return batches, state_after

@@ -169,6 +169,17 @@ def test_unreadable_mask_names_the_file(tmp_path):
     assert error.value.reason == "unreadable"
 
 
+def test_oversized_image_and_mask_are_unusable_before_decoding(tmp_path):
+    # A PNG header announcing 100000 x 100000 pixels: refused by images' limit, never decoded.
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + b"\x00" * 4
+    for name, read in (("huge.png", datasets.read_rgb), ("huge_gt.png", datasets.read_mask)):
+        (tmp_path / name).write_bytes(bomb)
+        with pytest.raises(datasets.UnusableSample, match=f"{name}.*exceeds the limit") as error:
+            read(tmp_path / name)
+        assert error.value.reason == "unreadable"
+
+
 def _columbia_mask(shape=(96, 128)):
     """A synthetic Columbia-style mask: an ellipse spliced into a host, colour-coded."""
     truth = np.zeros(shape, np.uint8)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mantra_jax.data import forgeries, forgery_pipeline, imc_pipeline, photos
+from mantra_jax.data import forgeries, forgery_pipeline, photos, stream
 from mantra_jax.data.photos import PatchEntry
 from tests.helpers import (
     assert_restore_continues_the_stream,
@@ -103,7 +103,7 @@ def test_donors_come_from_another_photo_when_there_is_one():
 
 @pytest.mark.parametrize("kind_id", [forgeries.PRISTINE_ID, *sorted(FORGED_IDS)])
 def test_sample_forges_the_window_and_nothing_else(index, kind_id):
-    source = imc_pipeline.ImcSource(index.root, index.train, index.patch_size)
+    source = stream.PatchSource(index.root, index.train, index.patch_size)
     patch, donor = source[0], source[5]
     crop_y, crop_x, size = 40, 100, 96
     window = patch[crop_y : crop_y + size, crop_x : crop_x + size]
@@ -236,7 +236,7 @@ def test_val_batches_are_fixed_padded_and_per_type(index):
     np.testing.assert_array_equal(batches[-1]["image"][2], batches[-1]["image"][1])
     # The plan decides the content: rebuilding sample 7 by hand gives the same sample.
     sample = forgery_pipeline.make_val_plan(index.val, seed=5, n_per_type=2, patch_size=64)[7]
-    source = imc_pipeline.ImcSource(index.root, index.val)
+    source = stream.PatchSource(index.root, index.val)
     donor = None if sample.donor is None else source.patch(sample.donor)
     expected = forgery_pipeline.forgery_sample(
         source.patch(sample.entry), donor, sample.kind, sample.crop_y, sample.crop_x, 64,

@@ -132,6 +132,21 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path):
         images.read_rgb(path)
 
 
+def test_read_stored_keeps_the_samples_and_raster_with_the_same_checks(tmp_path, rgb):
+    bgra16 = np.random.default_rng(1).integers(0, 65536, (5, 7, 4), dtype=np.uint16)
+    path = _write(tmp_path / "stored.png", bgra16)
+    stored = images.read_stored(path)
+    assert stored.dtype == np.uint16 and np.array_equal(stored, bgra16)  # BGRA, 16 bits, alpha kept
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((12, 16, 3), np.uint8))
+    rotated = tmp_path / "rotated.jpg"
+    rotated.write_bytes(_with_exif_orientation(jpeg.tobytes(), 6))
+    assert images.read_stored(rotated).shape == (12, 16, 3)  # the stored raster
+    with pytest.raises(images.ImageReadError, match="stored.png.*exceeds the limit"):
+        images.read_stored(path, max_pixels=34)
+    with pytest.raises(images.ImageReadError, match="missing.png"):
+        images.read_stored(tmp_path / "missing.png")
+
+
 @pytest.mark.parametrize(
     "suffix, params",
     [(".png", []), (".jpg", []), (".bmp", []), (".tif", []), (".webp", []),

@@ -1,12 +1,9 @@
 """Tests for mantra_jax.data.imc_pipeline: samples, determinism, workers, state, shards, val."""
 
-import pickle
-
-import grain
 import numpy as np
 import pytest
 
-from mantra_jax.data import images, imc_pipeline, photos
+from mantra_jax.data import imc_pipeline, photos, stream
 from mantra_jax.imc import manipulations, taxonomy
 from tests.helpers import (
     assert_restore_continues_the_stream,
@@ -26,23 +23,8 @@ def index(tmp_path_factory):
     return built
 
 
-def test_source_loads_the_indexed_patch_and_pickles_without_cache(index):
-    source = imc_pipeline.ImcSource(index.root, index.train, index.patch_size, cache_images=2)
-    assert len(source) == len(index.train)
-    for i in (0, len(source) - 1, 1):
-        entry = index.train[i]
-        full = images.read_rgb(index.image_path(entry))
-        np.testing.assert_array_equal(source[i], full[entry.y : entry.y + 256, entry.x : entry.x + 256])
-    assert len(source._cache) <= 2
-    clone = pickle.loads(pickle.dumps(source))
-    assert len(clone._cache) == 0
-    np.testing.assert_array_equal(clone[3], source[3])
-    with pytest.raises(ValueError, match="at least one patch"):
-        imc_pipeline.ImcSource(index.root, [], 256)
-
-
 def test_imc_sample_is_manipulation_then_crop(index):
-    source = imc_pipeline.ImcSource(index.root, index.train, index.patch_size)
+    source = stream.PatchSource(index.root, index.train, index.patch_size)
     patch = source[0]
     leaf = 123
     sample = imc_pipeline.imc_sample(patch, leaf, 10, 70, 128, 2, np.random.default_rng(5))
@@ -74,20 +56,6 @@ def test_iterator_state_restore_continues_the_stream(index):
 def test_zero_and_two_workers_give_identical_batches_and_state(index):
     assert_workers_change_nothing(lambda workers: imc_pipeline.make_train_dataset(
         index, seed=11, batch_size=2, worker_count=workers, prefetch_buffer=1))
-
-
-def test_shards_partition_the_global_order():
-    n = 13
-    whole = grain.MapDataset.source(list(range(n)))
-    unsharded = imc_pipeline.ordered_patches(whole, seed=4)
-    first_epoch = [unsharded[i] for i in range(n)]
-    assert sorted(first_epoch) == list(range(n)) and first_epoch != list(range(n))
-    stream = [unsharded[i] for i in range(60)]
-    for shard_index in range(3):
-        shard = imc_pipeline.ordered_patches(whole, seed=4, shard_index=shard_index, shard_count=3)
-        assert [shard[i] for i in range(20)] == stream[shard_index::3]
-    with pytest.raises(ValueError, match="shard_index"):
-        imc_pipeline.ordered_patches(whole, seed=4, shard_index=3, shard_count=3)
 
 
 def test_the_process_count_changes_the_samples_and_a_repeat_does_not(index):
@@ -131,7 +99,7 @@ def test_val_batches_are_fixed_and_padded(index):
     np.testing.assert_array_equal(batches[-1]["image"][1], batches[-1]["image"][0])
     # The plan decides the content: rebuilding sample 4 by hand gives the same image.
     sample = imc_pipeline.make_val_plan(index.val, seed=3, n_samples=5)[4]
-    patch = imc_pipeline.ImcSource(index.root, [sample.entry])[0]
+    patch = stream.PatchSource(index.root, [sample.entry])[0]
     expected = imc_pipeline.imc_sample(
         patch, sample.leaf, sample.crop_y, sample.crop_x, 128, 1, np.random.default_rng(sample.noise_seed)
     )

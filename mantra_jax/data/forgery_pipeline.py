@@ -8,24 +8,11 @@ split, another photo whenever the split has more than one. Optional whole-image
 post-processing (``forgeries.postprocess``: JPEG, downscale) is applied to every sample,
 pristine ones included, so that it never tells forged from pristine.
 
-Training pipeline (grain 0.2.x), the structure of ``imc_pipeline``::
-
-  MapDataset.range(n)                 entry indices of the split
-    .seed(seed).shuffle().repeat()    one global order, reshuffled every epoch
-    [shard_index::shard_count]        this process's slice (``imc_pipeline.ordered_patches``)
-    .random_map(ForgeryTransform)     loads the patch (and donor) through one ImcSource,
-                                      draws kind, window, donor, forgery: numpy/OpenCV only
-    .batch(batch_size)                batch_size is per process
-    .to_iter_dataset()
-    .mp_prefetch(worker_count)        0 = in process
-
-The elements are entry indices rather than patches so that the transform loads the patch
-and its donor through the same source and so the same per-worker LRU of decoded photos.
-Randomness comes only from the generator grain hands ``random_map`` for each element
-(seeded from the seed folded with the shard index, and the element's position), and
-batching happens before the worker split, so the batches are identical for any worker
-count. Checkpointing: ``iterator_state_to_json`` / ``restore_iterator_state`` (the same
-as the IMC pipeline's; resume with the same ``worker_count``).
+Training pipeline: ``stream.train_stream`` over the entry indices of the split, with
+``ForgeryTransform`` as the random map (see ``stream`` for the order, the shards, the
+workers and why the batches do not depend on the worker count). The elements are entry
+indices rather than patches so that the transform loads the patch and its donor through
+the same ``PatchSource``, and so the same per-worker LRU of decoded photos.
 
 Validation: ``make_val_plan`` fixes, per sample, the patch, kind, donor, window and noise
 seed (``n_per_type`` samples of each forgery type, plus pristine ones for a non-zero
@@ -40,16 +27,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import grain
 import numpy as np
 
-from mantra_jax.data import forgeries
-from mantra_jax.data.imc_pipeline import (  # noqa: F401  (state helpers re-exported)
-    ImcSource,
-    _balanced,
-    _shard_seed,
-    iterator_state_to_json,
-    ordered_patches,
-    prefetched,
-    restore_iterator_state,
-)
+from mantra_jax.data import forgeries, stream
 from mantra_jax.data.photos import PatchEntry, PatchIndex
 
 FORGERY_TYPES = forgeries.FORGERY_TYPES
@@ -181,7 +159,7 @@ class ForgeryTransform(grain.transforms.RandomMap):
 
     def __init__(
         self,
-        source: ImcSource,
+        source: stream.PatchSource,
         *,
         type_probabilities: np.ndarray,
         pristine_share: float,
@@ -265,15 +243,11 @@ def make_train_dataset(
       cache_images: decoded photos kept per process.
       read_threads: threads reading elements inside each process (0 reads synchronously).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if worker_count < 0:
-        raise ValueError(f"worker_count must be >= 0, got {worker_count}")
     probabilities = type_probabilities(type_weights)
     pristine_share = _check_pristine_share(pristine_share, upper_inclusive=True)
     _check_patch_size(patch_size, index.patch_size)
     postprocess = _check_postprocess(postprocess, patch_size)
-    source = ImcSource(
+    source = stream.PatchSource(
         index.root, index.entries(split), index.patch_size, cache_images=cache_images
     )
     transform = ForgeryTransform(
@@ -283,16 +257,16 @@ def make_train_dataset(
         postprocess_kwargs=postprocess,
         patch_size=patch_size,
     )
-    dataset = ordered_patches(
+    return stream.train_stream(
         grain.MapDataset.range(len(source)),
+        transform,
         seed=seed,
+        batch_size=batch_size,
         shard_index=shard_index,
         shard_count=shard_count,
-    )
-    dataset = dataset.random_map(transform, seed=_shard_seed(seed, shard_index))
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    return prefetched(
-        dataset, worker_count=worker_count, read_threads=read_threads, prefetch_buffer=prefetch_buffer
+        worker_count=worker_count,
+        read_threads=read_threads,
+        prefetch_buffer=prefetch_buffer,
     )
 
 
@@ -341,7 +315,7 @@ def make_val_plan(
         [np.repeat(np.arange(len(FORGERY_TYPES)), n_per_type), np.full(n_pristine, PRISTINE_ID)]
     )
     kinds = rng.permutation(kinds)
-    patches = _balanced(rng, len(entries), len(kinds))
+    patches = stream.balanced(rng, len(entries), len(kinds))
     crops = rng.integers(source_patch_size - patch_size + 1, size=(len(kinds), 2))
     noise_seeds = rng.integers(2**63, size=len(kinds))
     donors = DonorPicker(entries)
@@ -366,14 +340,11 @@ def make_val_batches(
 ) -> list[dict[str, np.ndarray]]:
     """The fixed validation set as a list of batches, identical at every call.
 
-    Every batch has the training keys plus "weight", float32 (B,): 1 for a real sample, 0
-    for padding. The last batch is padded to ``batch_size`` by repeating its last sample
-    (weight 0), so every batch has the same shape and no sample is dropped. "kind" tells
-    the forgery type of each sample (per-type metrics). No post-processing is applied.
-    Build it once and keep it: it costs one forgery per sample.
+    Every batch has the training keys plus "weight" (``stream.padded_batches``: 0 marks
+    the padding of the last batch). "kind" tells the forgery type of each sample
+    (per-type metrics). No post-processing is applied. Build it once and keep it: it
+    costs one forgery per sample.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     plan = make_val_plan(
         index.entries(split),
         seed=seed,
@@ -382,27 +353,16 @@ def make_val_batches(
         source_patch_size=index.patch_size,
         patch_size=patch_size,
     )
-    source = ImcSource(index.root, index.entries(split), index.patch_size)
-    samples = []
-    for s in plan:
+    source = stream.PatchSource(index.root, index.entries(split), index.patch_size)
+
+    def render(s: ForgeryValSample) -> dict[str, np.ndarray]:
         donor = None if s.donor is None else source.patch(s.donor)
-        sample = forgery_sample(
-            source.patch(s.entry),
-            donor,
-            s.kind,
-            s.crop_y,
-            s.crop_x,
-            patch_size,
+        return forgery_sample(
+            source.patch(s.entry), donor, s.kind, s.crop_y, s.crop_x, patch_size,
             np.random.default_rng(s.noise_seed),
         )
-        sample["weight"] = np.float32(1.0)
-        samples.append(sample)
-    batches = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        chunk = chunk + [dict(chunk[-1], weight=np.float32(0.0))] * (batch_size - len(chunk))
-        batches.append({key: np.stack([s[key] for s in chunk]) for key in chunk[0]})
-    return batches
+
+    return stream.padded_batches(plan, render, batch_size)
 
 
 def _check_pristine_share(pristine_share: float, *, upper_inclusive: bool) -> float:

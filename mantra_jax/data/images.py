@@ -7,15 +7,16 @@ point sees the same conversions:
 - grey becomes three equal channels, an alpha channel is dropped (not composited);
 - 16-bit values are scaled to 8 bit by rounding ``v * 255 / 65535``;
 - the EXIF orientation of a JPEG is applied (OpenCV does it for every flag set except
-  ``IMREAD_UNCHANGED``, which is why that flag is never used here);
+  ``IMREAD_UNCHANGED``, which only :func:`read_stored` uses);
 - the file is read with ``open()`` and decoded with ``cv2.imdecode`` so non-ASCII paths
   work on every platform;
 - a decompression bomb (more pixels than ``max_pixels``) is refused from the header,
   before any pixel is decoded, for PNG, JPEG, BMP, WebP and TIFF; other formats are
   checked after decoding.
 
-Every failure raises :class:`ImageReadError`, whose message names the file and the
-problem. An animated GIF or a multi-page TIFF is read as its first frame; :func:`frames_note`
+:func:`read_stored` reads the samples as stored, unconverted (ground-truth masks), with
+the same checks. Every failure raises :class:`ImageReadError`, whose message names the
+file and the problem. An animated GIF or a multi-page TIFF is read as its first frame; :func:`frames_note`
 says so, for the entry points to report it.
 """
 
@@ -97,15 +98,19 @@ def read_rgb(
     ``apply_orientation=False`` keeps the stored pixel order, ignoring EXIF orientation:
     right for an image whose ground-truth mask annotates the stored raster.
     """
-    name = str(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ImageReadError(f"{name}: cannot open the file ({e.strerror or e})") from e
     return decode_rgb(
-        data, name=name, max_pixels=max_pixels, apply_orientation=apply_orientation
+        _read_bytes(path), name=str(path), max_pixels=max_pixels, apply_orientation=apply_orientation
     )
+
+
+def read_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Reads an image file's samples as stored, with the checks and errors of ``read_rgb``.
+
+    No conversion: OpenCV's channel order (grey, BGR, BGRA), 8 or 16 bit or float, alpha
+    kept, EXIF orientation ignored. For ground-truth masks, whose stored values and raster
+    are what they annotate.
+    """
+    return _decode(_read_bytes(path), str(path), max_pixels, cv2.IMREAD_UNCHANGED)
 
 
 def decode_rgb(
@@ -119,6 +124,26 @@ def decode_rgb(
 
     ``name`` only serves the error messages (a path, an upload's name).
     """
+    flags = _DECODE_FLAGS if apply_orientation else _DECODE_FLAGS | cv2.IMREAD_IGNORE_ORIENTATION
+    decoded = _decode(data, name, max_pixels, flags)
+    if decoded.ndim == 3 and decoded.shape[2] in (3, 4):
+        # OpenCV hands out BGR(A); the project works in RGB. cvtColor is several times
+        # faster than a reversed-stride numpy copy on camera-sized photos.
+        code = cv2.COLOR_BGR2RGB if decoded.shape[2] == 3 else cv2.COLOR_BGRA2RGB
+        decoded = cv2.cvtColor(decoded, code)
+    return _convert(decoded, name)
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot open the file ({e.strerror or e})") from e
+
+
+def _decode(data: bytes, name: str, max_pixels: int, flags: int) -> np.ndarray:
+    """cv2.imdecode with the size limit (from the header when it can be parsed) and clear errors."""
     if not data:
         raise ImageReadError(f"{name}: the file is empty")
     size = header_size(data)
@@ -132,7 +157,6 @@ def decode_rgb(
                 f"{max_pixels} pixels (possible decompression bomb); refused before decoding"
             )
     try:
-        flags = _DECODE_FLAGS if apply_orientation else _DECODE_FLAGS | cv2.IMREAD_IGNORE_ORIENTATION
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:
         # OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS) and codec failures land here.
@@ -147,12 +171,7 @@ def decode_rgb(
             f"{name}: {decoded.shape[0]}x{decoded.shape[1]} pixels exceeds the limit of "
             f"{max_pixels} pixels"
         )
-    if decoded.ndim == 3 and decoded.shape[2] in (3, 4):
-        # OpenCV hands out BGR(A); the project works in RGB. cvtColor is several times
-        # faster than a reversed-stride numpy copy on camera-sized photos.
-        code = cv2.COLOR_BGR2RGB if decoded.shape[2] == 3 else cv2.COLOR_BGRA2RGB
-        decoded = cv2.cvtColor(decoded, code)
-    return _convert(decoded, name)
+    return decoded
 
 
 def to_rgb_uint8(array: np.ndarray, name: str = "array") -> np.ndarray:

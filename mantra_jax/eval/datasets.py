@@ -448,15 +448,7 @@ def read_mask(path: str | Path, *, invert: bool | None = None, preset: str | Pre
     """
     path = Path(path)
     preset = get_preset(preset)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UnusableSample(f"{path}: cannot be read ({e.strerror or e})", "unreadable") from e
-    # UNCHANGED keeps 16 bits and alpha, and never applies an EXIF orientation.
-    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if raw is None:
-        raise UnusableSample(f"{path}: cannot be read as an image (missing, empty or unsupported format)",
-                             "unreadable")
+    raw = _read(image_io.read_stored, path)  # 16 bits and alpha kept, no EXIF orientation
     if preset.decoder == "columbia":
         raw = _to_uint8(raw, path)
         if raw.ndim != 3 or raw.shape[2] < 3:
@@ -477,23 +469,15 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """Reads an image as uint8 HxWx3 RGB in stored pixel order, ignoring any EXIF orientation.
 
     A ground-truth mask carries no orientation of its own and annotates the stored raster, so
-    the image is read the same way (mantra_jax.data.images.read_rgb applies the orientation,
-    right for inference on photos but misaligning masks). Sample types are converted by
-    mantra_jax.data.images.to_rgb_uint8, so 16-bit, grey and RGBA files follow the project's
-    conventions.
+    the image is read the same way (``images.read_rgb(apply_orientation=False)``: the project's
+    conversions and checks, an oversized image included); any failure is an UnusableSample.
     """
+    return _read(lambda p: image_io.read_rgb(p, apply_orientation=False), path)
+
+
+def _read(reader, path: str | Path) -> np.ndarray:
     try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise UnusableSample(f"{path}: cannot be read ({e.strerror or e})", "unreadable") from e
-    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
-    if decoded is None:
-        raise UnusableSample(f"{path}: cannot be read as an image (empty, unsupported or corrupt)", "unreadable")
-    if decoded.ndim == 3 and decoded.shape[2] in (3, 4):
-        decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB if decoded.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
-    try:
-        return image_io.to_rgb_uint8(decoded, name=str(path))
+        return reader(path)
     except image_io.ImageReadError as e:
         raise UnusableSample(str(e), "unreadable") from e
 

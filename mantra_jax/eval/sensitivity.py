@@ -144,7 +144,7 @@ def bounded_mask(rng: np.random.Generator, height: int, width: int,
 
 def pristine_patches(index: PatchIndex, n: int, *, seed: int, split: str = "test", tag: int = 0) -> list[np.ndarray]:
     """``n`` patches of ``split``, every patch used once before any is used twice, in a seeded order."""
-    from mantra_jax.data.imc_pipeline import ImcSource  # noqa: PLC0415  (grain only when a folder is read)
+    from mantra_jax.data.stream import PatchSource  # noqa: PLC0415  (grain only when a folder is read)
 
     entries = index.entries(split)
     if not entries:
@@ -153,7 +153,7 @@ def pristine_patches(index: PatchIndex, n: int, *, seed: int, split: str = "test
     rng = np.random.default_rng(np.random.SeedSequence([seed, tag, 0]))
     rounds = -(-n // len(entries))
     order = np.concatenate([rng.permutation(len(entries)) for _ in range(rounds)])[:n]
-    source = ImcSource(index.root, [entries[i] for i in order], index.patch_size)
+    source = PatchSource(index.root, [entries[i] for i in order], index.patch_size)
     return [source[i] for i in range(n)]
 
 
