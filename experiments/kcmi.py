@@ -41,15 +41,11 @@ def run(checkpoint: str, data_dir: str, out: str, *, k: int = kcmi.DEFAULT_K, cr
         seed: int = 0, metric: str = "cosine", step: provenance.StepChoice = provenance.DEFAULT_STEP,
         precision: str = "float32", progress: bool = True) -> dict:
     """Checks the folder, loads the checkpoint, runs the test and writes the report."""
-    import jax.numpy as jnp  # noqa: PLC0415  (JAX and Orbax only when a model is run)
-
+    from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX and Orbax only when a model is run)
     from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
-    from mantra_jax.train import checkpoint as checkpoint_lib  # noqa: PLC0415
 
     kcmi.list_camera_images(data_dir)  # a bad folder fails before the model is loaded
-    cfg, variables, record = checkpoint_lib.load_model_at(checkpoint, step)
-    feature_fn = kcmi.featex_feature_fn(cfg, variables, crop=crop,
-                                        dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[precision])
+    predictor = Predictor.from_checkpoint(checkpoint, step=step, dtype=precision, features_only=True)
     bar = None
 
     def progress_fn(done, total):
@@ -57,9 +53,9 @@ def run(checkpoint: str, data_dir: str, out: str, *, k: int = kcmi.DEFAULT_K, cr
         bar = bar or ProgressLine(total, "kcmi features")
         bar.update(done)
 
-    result = kcmi.run_kcmi(feature_fn, data_dir, k=k, seed=seed, metric=metric,
-                           progress=progress_fn if progress else None)
-    result["run"] = dict(record, crop=crop, precision=precision)
+    result = kcmi.run_kcmi(lambda rgb: predictor.features(kcmi.centre_crop(rgb, crop), pooled=True), data_dir, k=k,
+                           seed=seed, metric=metric, progress=progress_fn if progress else None)
+    result["run"] = dict(predictor.provenance, crop=crop, precision=precision)
     kcmi.write_report(out, result, run=result["run"])
     return result
 

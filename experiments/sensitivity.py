@@ -16,6 +16,7 @@ flags.txt). Protocol: mantra_jax/eval/sensitivity.py.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,8 +135,7 @@ def main(argv: Sequence[str]) -> None:
     index = photos.build_patch_index(folder, patch=settings["patch"])
     predictor = Predictor.from_checkpoint(fv.checkpoint, step=fv.step, dtype=fv.precision)
     if fv.batch_size > 1:
-        predict_batch = sensitivity.model_batch_predictor(predictor.cfg, predictor.variables,
-                                                          batch_size=fv.batch_size, dtype=predictor.dtype)
+        predict_batch = functools.partial(predictor.predict_batch, batch_size=fv.batch_size)
     else:
         predict_batch = sensitivity.per_image(predictor.predict)
     files = run(predict_batch, index, fv.out, split=fv.split, per_param=fv.per_param, types=fv.types,

@@ -5,6 +5,8 @@ From Python (e.g. a notebook), load once and predict many times:
     predictor = Predictor.from_checkpoint("runs/mantranet")
     prob_HxW = predictor.predict(rgb_uint8_HxWx3)        # float32 probabilities in [0, 1]
     rgb, prob_HxW = predictor.predict_file("photo.jpg")
+    prob_NxHxW = predictor.predict_batch(rgb_uint8_NxHxWx3, batch_size=8)  # equal-sized images
+    feat_C = predictor.features(rgb_uint8_HxWx3, pooled=True)  # mean Featex features
 
 From the shell:
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import sys
@@ -49,7 +52,7 @@ from mantra_jax import provenance
 from mantra_jax import workdir
 from mantra_jax.data import images
 from mantra_jax.errors import UserError
-from mantra_jax.nn import model, tiled
+from mantra_jax.nn import featex, model, tiled
 from mantra_jax.nn.config import ModelConfig
 from mantra_jax.train.reporting import ProgressLine
 
@@ -61,6 +64,19 @@ from mantra_jax.train.reporting import ProgressLine
 DEFAULT_MAX_UNTILED_PIXELS = 2_000_000
 OVERLAY_ALPHA = 0.5
 SUMMARY_FIELDS = ("file", "output", "height", "width", "score", "seconds", "note")
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
+def batch_probabilities(variables, rgb_NxHxWx3, cfg, dtype):
+    """sigmoid(ManTra-Net logits) of a uint8 batch in one pass (float32 N x H x W)."""
+    return jax.nn.sigmoid(model.apply(variables, model.preprocess(rgb_NxHxWx3), cfg, dtype=dtype)["logits"])
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype", "pooled"))
+def featex_features(featex_params, rgb_HxWx3, cfg, dtype, pooled):
+    """Featex features of a uint8 image: float32 H x W x C, or their spatial mean (C,)."""
+    feat = featex.apply(featex_params, model.preprocess(rgb_HxWx3)[None].astype(dtype), cfg).astype(jnp.float32)
+    return jnp.mean(feat, axis=(0, 1, 2)) if pooled else feat[0]
 
 
 class Predictor:
@@ -77,22 +93,22 @@ class Predictor:
         max_untiled_pixels: int = DEFAULT_MAX_UNTILED_PIXELS,
         feature_budget_bytes: int = tiled.DEFAULT_FEATURE_BUDGET_BYTES,
         memory_budget_bytes: Optional[int] = None,
+        features_only: bool = False,
     ):
         """`dtype`: the convolutions' computation dtype ("float32" or "bfloat16").
         `tile`: None tiles the images above `max_untiled_pixels` and those whose whole-image
         program would not fit `memory_budget_bytes` (None: the device's free memory when the
         image comes) by XLA's memory analysis, at tiled.DEFAULT_TILE pixels; a number tiles
-        every image at that interior size."""
-        if cfg.head != "ladn":
-            raise ValueError(
-                f"inference needs a ManTra-Net model (head 'ladn'); this one has the {cfg.head!r} head"
-            )
+        every image at that interior size. `features_only`: accept any head (an IMC model too)
+        for `features`; the probability methods still need a ManTra-Net model."""
+        self.cfg = cfg
+        if not features_only:
+            self._check_localiser()
         if tile is not None and int(tile) < 1:
             raise ValueError(f"tile must be a positive number of pixels or None, got {tile}")
         if int(max_untiled_pixels) < 0:
             raise ValueError(f"max_untiled_pixels must be >= 0, got {max_untiled_pixels}")
         model.check_variables(variables, cfg)
-        self.cfg = cfg
         self.variables = jax.device_put(variables)
         self.dtype = jnp.dtype(dtype)
         if self.dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
@@ -117,6 +133,12 @@ class Predictor:
         predictor.provenance = record
         return predictor
 
+    def _check_localiser(self):
+        if self.cfg.head != "ladn":
+            raise ValueError(
+                f"inference needs a ManTra-Net model (head 'ladn'); this one has the {self.cfg.head!r} head"
+            )
+
     def _whole_program(self, height: int, width: int):
         """The compiled whole-image program for this size, or None when the image is tiled."""
         if self.tile is not None or height * width > self.max_untiled_pixels:
@@ -135,6 +157,7 @@ class Predictor:
     def predict(self, rgb) -> np.ndarray:
         """Probabilities (float32 H x W) of an image array: uint8 RGB, or anything
         images.to_rgb_uint8 converts (grey, RGBA, 16-bit, float in [0, 1])."""
+        self._check_localiser()
         rgb = images.to_rgb_uint8(rgb, "image array")
         height, width = rgb.shape[:2]
         program = self._whole_program(height, width)
@@ -144,6 +167,30 @@ class Predictor:
             self.variables, rgb, self.cfg, tile=self.tile or tiled.DEFAULT_TILE, dtype=self.dtype,
             feature_budget_bytes=self.feature_budget_bytes,
         )
+
+    def predict_batch(self, rgb_NxHxWx3, *, batch_size: Optional[int] = None) -> np.ndarray:
+        """Probabilities (float32 N x H x W) of N equal-sized uint8 RGB images, in whole-image
+        passes of `batch_size` images (None: all at once); a short last batch is padded with
+        copies of its last image, so that every pass shares one compilation per image size. The
+        stored batch-norm statistics and per-image anomaly statistics make an image's map
+        independent of its batch neighbours. Never tiled: for patch-sized images."""
+        self._check_localiser()
+        rgb = np.asarray(rgb_NxHxWx3)
+        if rgb.ndim != 4 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8 or not len(rgb):
+            raise ValueError(f"expected uint8 N x H x W x 3 images (N >= 1), got {rgb.dtype} of shape {rgb.shape}")
+        size = len(rgb) if batch_size is None else int(batch_size)
+        out = []
+        for start in range(0, len(rgb), size):
+            chunk = rgb[start:start + size]
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+            out.append(np.asarray(batch_probabilities(self.variables, padded, self.cfg, self.dtype))[:len(chunk)])
+        return np.concatenate(out)
+
+    def features(self, rgb, *, pooled: bool = False) -> np.ndarray:
+        """The Featex features (float32 H x W x C) of an image array (as `predict` takes), or with
+        `pooled` their mean over the image (C,), the vector the KCMI test compares. Any head."""
+        rgb = images.to_rgb_uint8(rgb, "image array")
+        return np.asarray(featex_features(self.variables["params"]["Featex"], rgb, self.cfg, self.dtype, pooled))
 
     def predict_file(self, path, *, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 RGB image, float32 probabilities) of an image file; raises images.ImageReadError

@@ -262,6 +262,21 @@ def test_synthesized_copy_moves_are_always_resampled():
         np.testing.assert_array_equal(mask, expected_mask)
 
 
+@pytest.mark.parametrize("kind", forgeries.FORGERY_TYPES)
+def test_forge_is_the_generator_of_its_kind_on_the_given_mask(kind):
+    patch, donor, mask = _texture(4), _texture(504), _mask(4)
+    forged = forgeries.forge(kind, patch, donor, mask, np.random.default_rng(4), manipulate=_blur, subpixel_prob=0.0)
+    rng = np.random.default_rng(4)
+    expected = {"splicing": lambda: forgeries.splicing(patch, donor, mask, rng),
+                "copy_move": lambda: forgeries.copy_move(patch, mask, rng),  # subpixel_prob 0: the default
+                "removal": lambda: forgeries.removal(patch, mask, rng),
+                "enhancement": lambda: forgeries.enhancement(patch, mask, rng, _blur)}[kind]()
+    for got, want in zip(forged, expected):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="unknown forgery kind"):
+        forgeries.forge("inpaint", patch, None, mask, rng)
+
+
 def test_copy_move_marks_the_source_only_on_request():
     patch, source = _texture(6), _mask(6)
     image, target = forgeries.copy_move(patch, source, np.random.default_rng(2))

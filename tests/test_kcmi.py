@@ -10,6 +10,7 @@ from experiments import kcmi as kcmi_cli
 from mantra_jax import provenance
 from mantra_jax.eval import kcmi
 from mantra_jax.nn import config, featex, model
+from mantra_jax.predict import Predictor
 from mantra_jax.train import checkpoint
 from tests.helpers import random_variables
 
@@ -158,7 +159,11 @@ def test_centre_crop_keeps_short_sides_whole():
 
 def test_featex_features_average_the_centre_crop():
     variables = random_variables(MODEL, 0)
-    feature = kcmi.featex_feature_fn(MODEL, variables, crop=16)
+    predictor = Predictor(MODEL, variables, features_only=True)
+
+    def feature(rgb):  # what experiments/kcmi.py compares
+        return predictor.features(kcmi.centre_crop(rgb, 16), pooled=True)
+
     rgb = np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8)
     window = rgb[2:18, 4:20]
     feat = featex.apply(variables["params"]["Featex"], model.preprocess(window)[None], MODEL)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mantra_jax import predict
-from mantra_jax.nn import config, model, tiled
+from mantra_jax.nn import config, featex, model, tiled
 from mantra_jax.train import checkpoint
 
 TINY = config.make_config(width_scale=0.125, windows=(7, 15))
@@ -114,6 +114,51 @@ def test_whole_image_or_tiled_follows_xla_memory_analysis_against_the_budget(ckp
 def test_available_memory_is_known_on_this_host():
     free = tiled.available_memory_bytes()
     assert free is not None and free > 0
+
+
+def _drawn_variables(cfg, rng):
+    """Random weights with unit variances: a localiser whose maps vary from pixel to pixel."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), cfg))
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "moving_variance" in name or "min_std" in name:
+            return np.ones(leaf.shape, np.float32)
+        fan_in = int(np.prod(leaf.shape[:-1])) or 1
+        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+def test_batched_prediction_matches_single_images():
+    cfg = config.make_config(width_scale=0.125, backbone="baseline", windows=(3, 5))
+    rng = np.random.default_rng(0)
+    variables = _drawn_variables(cfg, rng)
+    images = rng.integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+    probs = predict.Predictor(cfg, variables).predict_batch(images, batch_size=2)
+    assert probs.shape == (3, 24, 24) and probs.dtype == np.float32
+    for image, prob in zip(images, probs):
+        np.testing.assert_allclose(prob, tiled.whole_image_probabilities(variables, image, cfg), atol=2e-5)
+    np.testing.assert_array_equal(predict.Predictor(cfg, variables).predict_batch(images[:2]), probs[:2])
+    with pytest.raises(ValueError, match="N x H x W x 3"):
+        predict.Predictor(cfg, variables).predict_batch(images[0])
+
+
+def test_featex_features_of_any_head():
+    cfg = TINY.replace(head="imc", num_classes=5)
+    variables = _drawn_variables(cfg, np.random.default_rng(1))
+    rgb = _photo((20, 24), seed=3)
+    with pytest.raises(ValueError, match="'imc' head"):
+        predict.Predictor(cfg, variables)
+    predictor = predict.Predictor(cfg, variables, features_only=True)
+    with pytest.raises(ValueError, match="'imc' head"):
+        predictor.predict_batch(rgb[None])
+    with pytest.raises(ValueError, match="'imc' head"):
+        predictor.predict(rgb)
+    feat = featex.apply(variables["params"]["Featex"], model.preprocess(rgb)[None], cfg)[0]
+    np.testing.assert_allclose(predictor.features(rgb), feat, atol=1e-6)
+    np.testing.assert_allclose(predictor.features(rgb, pooled=True), np.mean(feat, axis=(0, 1)), atol=1e-6)
+    assert predictor.features(rgb, pooled=True).shape == (cfg.feature_dim,)
 
 
 def test_imc_checkpoint_and_bad_options_are_refused():

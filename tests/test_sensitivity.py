@@ -13,9 +13,9 @@ import pytest
 
 from experiments import sensitivity as sensitivity_cli
 from mantra_jax.data import photos
-from mantra_jax.eval import sensitivity
+from mantra_jax.eval import plots, sensitivity
 from mantra_jax.imc import manipulations, taxonomy
-from mantra_jax.nn import config, model, tiled
+from mantra_jax.nn import config, model
 from tests.helpers import write_photo_folder
 
 PATCH = 48
@@ -194,13 +194,13 @@ def test_cli_writes_csv_and_plots_deterministically(index, tmp_path):
 
 def test_every_manipulation_type_names_its_parameter_and_unit():
     for type_name in manipulations.types():
-        axis = sensitivity.parameter_axis(type_name)
+        axis = plots.parameter_axis(type_name)
         if type_name == "Dithering":
             assert axis is None  # a fixed palette: no parameter
             continue
         assert "parameter" not in axis and re.search(r" [A-Za-z]\d? \(.+\)", axis), (type_name, axis)
     with pytest.raises(KeyError, match="Blurr"):
-        sensitivity.parameter_axis("Blurr")
+        plots.parameter_axis("Blurr")
 
 
 def _rows(leaves, auc=0.6):
@@ -217,8 +217,8 @@ def test_drawn_panels_name_each_axis_and_say_what_q1_and_q2_are():
         families.setdefault(row["family"], []).append(row)
     drawn = {}
     for family, family_rows in families.items():
-        panels = sensitivity.family_panels(family, family_rows)
-        fig, axes = sensitivity.panel_figure(panels, columns=len(panels))
+        panels = plots.family_panels(family, family_rows)
+        fig, axes = plots.panel_figure(panels, columns=len(panels))
         for ax in axes.ravel()[:len(panels)]:
             legend = [t.get_text() for t in ax.get_legend().get_texts()]
             drawn[ax.get_title()] = (ax.get_xlabel(), legend)
@@ -235,7 +235,7 @@ def test_drawn_panels_name_each_axis_and_say_what_q1_and_q2_are():
 
 
 def test_double_jpeg_lines_run_over_q2_for_each_q1():
-    (panel,) = sensitivity.family_panels("compression", _rows(sensitivity.select_leaves(["JPEGDoubleCompress"])))
+    (panel,) = plots.family_panels("compression", _rows(sensitivity.select_leaves(["JPEGDoubleCompress"])))
     assert len(panel.lines) == 8 and all(len(x) == 8 and x == sorted(x) for _, x, _ in panel.lines)
     q1_36 = {m.param_value[1] for m in taxonomy.LEAF_TABLE if m.type == "JPEGDoubleCompress" and m.param_value[0] == 36}
     assert panel.lines[0][0] == "first quality Q1 = 36" and set(panel.lines[0][1]) == q1_36
@@ -254,28 +254,6 @@ def test_empty_test_split_names_the_folder(tmp_path):
     index = photos.build_patch_index(root, patch=PATCH, use_cache=False)
     with pytest.raises(ValueError, match=r"only_train: the 'test' split has no"):
         sensitivity.pristine_patches(index, 2, seed=0)
-
-
-def test_model_batch_predictor_matches_single_images():
-    cfg = config.make_config(width_scale=0.125, backbone="baseline", windows=(3, 5))
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), cfg))
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "moving_variance" in name or "min_std" in name:
-            return np.ones(leaf.shape, np.float32)
-        fan_in = int(np.prod(leaf.shape[:-1])) or 1
-        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-
-    variables = jax.tree_util.tree_map_with_path(draw, abstract)
-    images = rng.integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
-    probs = sensitivity.model_batch_predictor(cfg, variables, batch_size=2)(images)
-    assert probs.shape == (3, 24, 24)
-    for image, prob in zip(images, probs):
-        np.testing.assert_allclose(prob, tiled.whole_image_probabilities(variables, image, cfg), atol=2e-5)
-    with pytest.raises(ValueError, match="'imc' head"):
-        sensitivity.model_batch_predictor(cfg.replace(head="imc", num_classes=7), variables)
 
 
 def test_scores_are_exact_aucs_on_concentrated_predictions():

@@ -20,9 +20,10 @@ labelled forged (some, near the outline, only faintly changed). Where the weight
 pixels are exactly those of the manipulated / donor / copied image.
 
 `postprocess` re-encodes a whole image as JPEG and/or downscales and upscales it back, as
-augmentation; `synthesize` is the per-sample entry point of the data pipeline. A pristine
-sample returned by `synthesize` (probability `pristine_share`) has an all-zero mask and kind id
-`PRISTINE_ID` (-1); forged samples have the index of their kind in FORGERY_TYPES.
+augmentation; `synthesize` is the per-sample entry point of the data pipeline (`forge` makes
+its forgery of one kind over a given mask). A pristine sample returned by `synthesize`
+(probability `pristine_share`) has an all-zero mask and kind id `PRISTINE_ID` (-1); forged
+samples have the index of their kind in FORGERY_TYPES.
 
 Everything is module-level, numpy + OpenCV only (no JAX), and deterministic given the rng, so
 it can run in data-loader worker processes.
@@ -431,15 +432,24 @@ def synthesize(kind: str | None, patch: np.ndarray, donor: np.ndarray | None,
     else:
         mask = masks_lib.random_mask(rng, height, width, kind=mask_kind)
         kind_id = FORGERY_TYPES.index(kind)
-        if kind == "splicing":
-            image, mask = splicing(patch, donor, mask, rng)
-        elif kind == "copy_move":
-            image, mask = copy_move(patch, mask, rng, mark_source=mark_source,
-                                    subpixel_prob=COPY_MOVE_SUBPIXEL_PROB)
-        elif kind == "removal":
-            image, mask = removal(patch, mask, rng)
-        else:
-            image, mask = enhancement(patch, mask, rng, manipulate)
+        image, mask = forge(kind, patch, donor, mask, rng, manipulate=manipulate, mark_source=mark_source)
     if postprocess_kwargs is not None:
         image = postprocess(image, rng, **postprocess_kwargs)
     return image, mask, kind_id
+
+
+def forge(kind: str, patch: np.ndarray, donor: np.ndarray | None, mask: np.ndarray,
+          rng: np.random.Generator, *, manipulate: Manipulation | None = None,
+          mark_source: bool = False, subpixel_prob: float = COPY_MOVE_SUBPIXEL_PROB):
+    """The forgery `kind` (of FORGERY_TYPES) of `patch` over a given `mask`, each generator
+    with its defaults: (image, mask). `donor` is for splicing, `manipulate` for enhancement,
+    `mark_source` and `subpixel_prob` for copy-move."""
+    if kind == "splicing":
+        return splicing(patch, donor, mask, rng)
+    if kind == "copy_move":
+        return copy_move(patch, mask, rng, mark_source=mark_source, subpixel_prob=subpixel_prob)
+    if kind == "removal":
+        return removal(patch, mask, rng)
+    if kind == "enhancement":
+        return enhancement(patch, mask, rng, manipulate)
+    raise ValueError(f"forgeries.forge: unknown forgery kind {kind!r}; expected one of {FORGERY_TYPES}")

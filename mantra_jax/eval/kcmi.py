@@ -38,7 +38,7 @@ import numpy as np
 from mantra_jax import provenance
 from mantra_jax.data import images
 
-FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 H x W x 3 RGB -> feature vector (C,)
+FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 H x W x 3 RGB -> (C,), as Predictor.features(pooled=True)
 Progress = Callable[[int, int], None]
 METRICS = ("cosine", "euclidean")
 DEFAULT_K = 7
@@ -110,32 +110,6 @@ def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     crop_h, crop_w = min(height, size), min(width, size)
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
     return rgb[top:top + crop_h, left:left + crop_w]
-
-
-def featex_feature_fn(cfg, variables: dict, *, crop: int = DEFAULT_CROP, dtype=None) -> FeatureFn:
-    """Featex features averaged over the centre crop: rgb -> (feature_dim,) float32.
-
-    Works for any checkpoint with a Featex (IMC or ManTra-Net). One compilation per crop shape:
-    photos at least ``crop`` on both sides all share one.
-    """
-    import jax  # noqa: PLC0415  (the rest of the module needs no JAX)
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    from mantra_jax.nn import featex, model  # noqa: PLC0415
-
-    dtype = jnp.float32 if dtype is None else dtype
-    params = jax.device_put(variables["params"]["Featex"])
-
-    @jax.jit
-    def mean_features(featex_params, rgb_HxWx3):
-        x = model.preprocess(rgb_HxWx3)[None].astype(dtype)
-        feat = featex.apply(featex_params, x, cfg)
-        return jnp.mean(feat.astype(jnp.float32), axis=(0, 1, 2))
-
-    def feature(rgb: np.ndarray) -> np.ndarray:
-        return np.asarray(mean_features(params, centre_crop(rgb, crop)))
-
-    return feature
 
 
 def extract_features(feature_fn: FeatureFn, camera_set: CameraSet, *, max_pixels: int = images.DEFAULT_MAX_PIXELS,

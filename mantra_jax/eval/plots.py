@@ -2,17 +2,24 @@
 
 While the evaluation streams over a folder, :class:`BestWorstPanels` keeps small thumbnails of
 the images that score best and worst so far (never the full set), and writes them as PNG
-files at the end. Drawing uses OpenCV only.
+files at the end, drawn with OpenCV. The sensitivity and robustness figures of
+mantra_jax/eval/sensitivity.py (`plot_sensitivity`, `plot_robustness`) use matplotlib.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
+import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
+
+from mantra_jax.imc import taxonomy
 
 _HEADER_HEIGHT = 22
 _GAP = 4
@@ -100,3 +107,183 @@ class BestWorstPanels:
                 write_png(path, compose_panel(rgb, mask, prob, title))
                 written.append(path)
         return written
+
+
+# Sensitivity and robustness figures (mantra_jax/eval/sensitivity.py).
+#
+# The parameter of each manipulation type, as its plots' x axis says it: name, symbol (the
+# taxonomy's letter) and unit (mantra_jax/imc/manipulations.py documents each one).
+_KERNEL = "kernel size K (pixels, K x K)"
+PARAMETER_AXES = {
+    "BoxBlur": _KERNEL, "GaussianBlur": _KERNEL, "MedianBlur": _KERNEL,
+    "WaveletBlur": "std of the noise removed K (8-bit levels)",
+    "JPEGCompress": "JPEG quality Q (0-100)",
+    "JPEGDoubleCompress": "second JPEG quality Q2 (0-100; one line per first quality Q1)",
+    "WEBPCompress": "WebP quality Q (0-100)",
+    "GaussianNoise": "noise std S (8-bit levels)",
+    "ImpluseNoise": "pixels set to black or white P (%)",
+    "PoissonNoise": "noise std at mid-grey L (8-bit levels)",
+    "UniformNoise": "noise half range M (8-bit levels)",
+    "Quantization": "palette size C (colours)",
+    "Dithering": None,  # a fixed 216-colour palette: no parameter
+    "AutoContrast": "histogram share clipped at each end C (%)",
+    "HistEq": "channels equalised C (bit mask: 1 red, 2 green, 4 blue)",
+}
+
+
+def parameter_axis(type_name: str) -> Optional[str]:
+    """The x-axis label (parameter and unit) of a manipulation type; None for Dithering."""
+    if type_name.endswith("Resize"):
+        return "scale factor s (resized to s x size and back; one line per interpolation)"
+    if type_name.endswith("Morph"):
+        return "square structuring element side S (pixels)"
+    if type_name not in PARAMETER_AXES:
+        raise KeyError(f"no parameter axis for the manipulation type {type_name!r}")
+    return PARAMETER_AXES[type_name]
+
+
+@dataclasses.dataclass
+class Panel:
+    """One sensitivity panel: the types of a family that share a parameter axis."""
+
+    title: str
+    xlabel: str
+    lines: list  # (legend label, x values, AUCs), x increasing
+    flat: list = dataclasses.field(default_factory=list)  # (label, AUC) of parameterless types
+
+
+def family_panels(family: str, rows: Sequence[dict]) -> list[Panel]:
+    """The panels of one family's rows: one per parameter axis, in type order; double JPEG gets
+    one line per first quality Q1 over the second quality Q2; a parameterless type (Dithering) is a
+    dashed level in the family's first panel."""
+    panels: dict[str, Panel] = {}
+    points: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    flat = []
+    for row in rows:
+        if row["auc"] is None or row["auc"] == "":
+            continue
+        auc, type_name = float(row["auc"]), row["type"]
+        value = taxonomy.LEAF_TABLE[int(row["leaf"])].param_value
+        axis = parameter_axis(type_name)
+        if value is None or axis is None:
+            flat.append((f"{type_name} (no parameter)", auc))
+            continue
+        panel = panels.setdefault(axis, Panel(title=family, xlabel=axis, lines=[]))
+        if isinstance(value, tuple):  # double JPEG: (Q1, Q2)
+            label, x = f"first quality Q1 = {value[0]}", value[1]
+            panel.title = f"{family}: {type_name} (saved at Q1, then at Q2)"
+        else:
+            label, x = type_name, value
+        points.setdefault((axis, label), []).append((float(x), auc))
+    for (axis, label), pts in points.items():
+        pts.sort()
+        panels[axis].lines.append((label, [p[0] for p in pts], [p[1] for p in pts]))
+    for panel in panels.values():
+        if panel.title == family:
+            panel.title = f"{family}: " + ", ".join(label for label, _, _ in panel.lines)
+        if "Q1 = " in (panel.lines[0][0] if panel.lines else ""):
+            panel.lines.sort(key=lambda line: int(line[0].rsplit(" ", 1)[1]))
+    out = list(panels.values())
+    if flat:
+        if not out:
+            out.append(Panel(title=family, xlabel="(no parameter: one AUC per type)", lines=[]))
+        out[0].flat = flat
+    return out
+
+
+def _draw_panel(ax, panel: Panel) -> None:
+    for label, x, y in panel.lines:
+        ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, label=label)
+    for label, auc in panel.flat:
+        ax.axhline(auc, linestyle="--", linewidth=1.0, color="grey", label=label)
+    ax.set_title(panel.title, fontsize=9)
+    ax.set_xlabel(panel.xlabel, fontsize=8)
+    ax.set_ylabel("pixel AUC (mean per image)", fontsize=8)
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(alpha=0.3)
+    if panel.lines or panel.flat:
+        ax.legend(fontsize=6, ncol=2 if len(panel.lines) + len(panel.flat) > 6 else 1)
+
+
+def panel_figure(panels: Sequence[Panel], columns: int):
+    """A matplotlib figure of the panels, `columns` to a row; (figure, axes)."""
+    plt = _pyplot()
+    columns = max(1, min(columns, len(panels)))
+    grid_rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(5.2 * columns, 3.9 * grid_rows), squeeze=False)
+    for ax, panel in zip(axes.ravel(), panels):
+        _draw_panel(ax, panel)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig, axes
+
+
+def plot_sensitivity(out_dir, rows: Sequence[dict]) -> list[Path]:
+    """sensitivity_<family>.png per family (AUC against each parameter, one panel per parameter
+    axis) and every panel in sensitivity.png."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_family: dict[str, list[dict]] = {}
+    for row in rows:
+        by_family.setdefault(row["family"], []).append(row)
+    paths, every_panel = [], []
+    for family, family_rows in by_family.items():
+        panels = family_panels(family, family_rows)
+        if not panels:
+            continue
+        every_panel += panels
+        fig, _ = panel_figure(panels, columns=len(panels))
+        paths.append(out_dir / f"sensitivity_{family}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    if every_panel:
+        fig, _ = panel_figure(every_panel, columns=4)
+        paths.append(out_dir / "sensitivity.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+_ATTACK_AXES = {"downscale": ("downscale factor (new size / old size)", True),
+                "jpeg": ("JPEG quality Q (0-100)", True),
+                "edge_blur": ("Gaussian kernel size in the edge band (pixels, k x k)", False)}
+
+
+def plot_robustness(path, rows: Sequence[dict]) -> Path:
+    """One panel per attack: AUC against the strength (stronger to the right), clean AUC dashed."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = next((r["auc"] for r in rows if r["attack"] == "none"), None)
+    attacks = [a for a in _ATTACK_AXES if any(r["attack"] == a for r in rows)]
+    fig, axes = plt.subplots(1, max(1, len(attacks)), figsize=(4.6 * max(1, len(attacks)), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], attacks):
+        points = [(float(r["level"]), r["auc"]) for r in rows if r["attack"] == name and r["auc"] is not None]
+        xlabel, decreasing = _ATTACK_AXES[name]
+        points.sort(reverse=decreasing)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linewidth=1.5, label="attacked")
+        if clean is not None:
+            ax.axhline(clean, linestyle="--", color="grey", linewidth=1.0, label=f"clean ({clean:.3f})")
+        if decreasing:
+            ax.invert_xaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("pixel AUC (mean per image)")
+        ax.set_ylim(0.0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt

@@ -28,14 +28,14 @@ Masks are drawn with ``masks.random_mask`` at 1 % to 40 % of the patch and redra
 half of the patch is forged, so the paper's negation rule (for masks over 50 %) never applies; it
 is off here. Everything is deterministic given the seed: sample i's patch and mask come from
 (seed, i), a leaf's noise from (seed, i, leaf). The predictor is any ``predict_batch(uint8
-N x H x W x 3) -> N x H x W`` likelihoods in [0, 1]; ``per_image`` adapts a single-image one and
-``model_batch_predictor`` batches a ManTra-Net network.
+N x H x W x 3) -> N x H x W`` likelihoods in [0, 1]: ``per_image`` adapts a single-image one, and
+a ManTra-Net network's is ``mantra_jax.predict.Predictor.predict_batch``. The figures are drawn by
+mantra_jax/eval/plots.py.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -46,7 +46,7 @@ import numpy as np
 from mantra_jax.data import forgeries
 from mantra_jax.data import masks as masks_lib
 from mantra_jax.data.photos import PatchIndex
-from mantra_jax.eval import pixel_metrics
+from mantra_jax.eval import pixel_metrics, plots
 from mantra_jax.imc import manipulations, taxonomy
 
 PredictFn = Callable[[np.ndarray], np.ndarray]  # uint8 H x W x 3 -> H x W
@@ -75,38 +75,6 @@ def per_image(predict_fn: PredictFn) -> PredictBatchFn:
 
     def predict_batch(images_NxHxWx3: np.ndarray) -> np.ndarray:
         return np.stack([np.asarray(predict_fn(image), np.float32) for image in images_NxHxWx3])
-
-    return predict_batch
-
-
-def model_batch_predictor(cfg, variables: dict, *, batch_size: int = 8, dtype=None) -> PredictBatchFn:
-    """sigmoid(ManTra-Net logits) on whole batches in one compiled call.
-
-    Shorter batches are padded to ``batch_size`` (one compilation per image size). Inference
-    uses the stored batch-norm statistics and per-image anomaly statistics, so an image's
-    prediction does not depend on its batch neighbours.
-    """
-    import jax  # noqa: PLC0415  (the rest of the module needs no JAX)
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    from mantra_jax.nn import model  # noqa: PLC0415
-
-    if cfg.head != "ladn":
-        raise ValueError(f"a forgery localiser (head 'ladn') is needed; this model has the {cfg.head!r} head")
-    dtype = jnp.float32 if dtype is None else dtype
-    device_variables = jax.device_put(variables)
-
-    @jax.jit
-    def probabilities(variables_, rgb_NxHxWx3):
-        logits = model.apply(variables_, model.preprocess(rgb_NxHxWx3), cfg, dtype=dtype)["logits"]
-        return jax.nn.sigmoid(logits)
-
-    def predict_batch(images_NxHxWx3: np.ndarray) -> np.ndarray:
-        n = len(images_NxHxWx3)
-        if n > batch_size:
-            return np.concatenate([predict_batch(images_NxHxWx3[s:s + batch_size]) for s in range(0, n, batch_size)])
-        padded = np.concatenate([images_NxHxWx3, np.repeat(images_NxHxWx3[-1:], batch_size - n, axis=0)])
-        return np.asarray(probabilities(device_variables, padded))[:n]
 
     return predict_batch
 
@@ -206,14 +174,9 @@ def robustness_base(patches: Sequence[np.ndarray], *, seed: int,
         for attempt in range(tries):
             rng = _sample_rng(seed, _ROBUSTNESS_TAG, 3, i, attempt)
             mask = bounded_mask(rng, *patch.shape[:2], area_range=area_range)
-            if kind == "splicing":
-                image, mask = forgeries.splicing(patch, donor, mask, rng)
-            elif kind == "copy_move":
-                image, mask = forgeries.copy_move(patch, mask, rng)
-            elif kind == "removal":
-                image, mask = forgeries.removal(patch, mask, rng)
-            else:
-                image, mask = forgeries.enhancement(patch, mask, rng)
+            # Copy-moves neither scaled nor rotated stay exact whole-pixel copies here (the
+            # generator's default, not the training pipeline's resampled ones).
+            image, mask = forgeries.forge(kind, patch, donor, mask, rng, subpixel_prob=0.0)
             if 0 < mask.mean() <= MAX_FORGED_FRACTION:
                 break
         out.append((kind, image, mask))
@@ -403,141 +366,6 @@ def write_csv(path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
     return path
 
 
-# The parameter of each manipulation type, as its plots' x axis says it: name, symbol (the
-# taxonomy's letter) and unit (mantra_jax/imc/manipulations.py documents each one).
-_KERNEL = "kernel size K (pixels, K x K)"
-PARAMETER_AXES = {
-    "BoxBlur": _KERNEL, "GaussianBlur": _KERNEL, "MedianBlur": _KERNEL,
-    "WaveletBlur": "std of the noise removed K (8-bit levels)",
-    "JPEGCompress": "JPEG quality Q (0-100)",
-    "JPEGDoubleCompress": "second JPEG quality Q2 (0-100; one line per first quality Q1)",
-    "WEBPCompress": "WebP quality Q (0-100)",
-    "GaussianNoise": "noise std S (8-bit levels)",
-    "ImpluseNoise": "pixels set to black or white P (%)",
-    "PoissonNoise": "noise std at mid-grey L (8-bit levels)",
-    "UniformNoise": "noise half range M (8-bit levels)",
-    "Quantization": "palette size C (colours)",
-    "Dithering": None,  # a fixed 216-colour palette: no parameter
-    "AutoContrast": "histogram share clipped at each end C (%)",
-    "HistEq": "channels equalised C (bit mask: 1 red, 2 green, 4 blue)",
-}
-
-
-def parameter_axis(type_name: str) -> Optional[str]:
-    """The x-axis label (parameter and unit) of a manipulation type; None for Dithering."""
-    if type_name.endswith("Resize"):
-        return "scale factor s (resized to s x size and back; one line per interpolation)"
-    if type_name.endswith("Morph"):
-        return "square structuring element side S (pixels)"
-    if type_name not in PARAMETER_AXES:
-        raise KeyError(f"no parameter axis for the manipulation type {type_name!r}")
-    return PARAMETER_AXES[type_name]
-
-
-@dataclasses.dataclass
-class Panel:
-    """One sensitivity panel: the types of a family that share a parameter axis."""
-
-    title: str
-    xlabel: str
-    lines: list  # (legend label, x values, AUCs), x increasing
-    flat: list = dataclasses.field(default_factory=list)  # (label, AUC) of parameterless types
-
-
-def family_panels(family: str, rows: Sequence[dict]) -> list[Panel]:
-    """The panels of one family's rows: one per parameter axis, in type order; double JPEG gets
-    one line per first quality Q1 over the second quality Q2; a parameterless type (Dithering) is a
-    dashed level in the family's first panel."""
-    panels: dict[str, Panel] = {}
-    points: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    flat = []
-    for row in rows:
-        if row["auc"] is None or row["auc"] == "":
-            continue
-        auc, type_name = float(row["auc"]), row["type"]
-        value = taxonomy.LEAF_TABLE[int(row["leaf"])].param_value
-        axis = parameter_axis(type_name)
-        if value is None or axis is None:
-            flat.append((f"{type_name} (no parameter)", auc))
-            continue
-        panel = panels.setdefault(axis, Panel(title=family, xlabel=axis, lines=[]))
-        if isinstance(value, tuple):  # double JPEG: (Q1, Q2)
-            label, x = f"first quality Q1 = {value[0]}", value[1]
-            panel.title = f"{family}: {type_name} (saved at Q1, then at Q2)"
-        else:
-            label, x = type_name, value
-        points.setdefault((axis, label), []).append((float(x), auc))
-    for (axis, label), pts in points.items():
-        pts.sort()
-        panels[axis].lines.append((label, [p[0] for p in pts], [p[1] for p in pts]))
-    for panel in panels.values():
-        if panel.title == family:
-            panel.title = f"{family}: " + ", ".join(label for label, _, _ in panel.lines)
-        if "Q1 = " in (panel.lines[0][0] if panel.lines else ""):
-            panel.lines.sort(key=lambda line: int(line[0].rsplit(" ", 1)[1]))
-    out = list(panels.values())
-    if flat:
-        if not out:
-            out.append(Panel(title=family, xlabel="(no parameter: one AUC per type)", lines=[]))
-        out[0].flat = flat
-    return out
-
-
-def _draw_panel(ax, panel: Panel) -> None:
-    for label, x, y in panel.lines:
-        ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, label=label)
-    for label, auc in panel.flat:
-        ax.axhline(auc, linestyle="--", linewidth=1.0, color="grey", label=label)
-    ax.set_title(panel.title, fontsize=9)
-    ax.set_xlabel(panel.xlabel, fontsize=8)
-    ax.set_ylabel("pixel AUC (mean per image)", fontsize=8)
-    ax.set_ylim(0.0, 1.02)
-    ax.grid(alpha=0.3)
-    if panel.lines or panel.flat:
-        ax.legend(fontsize=6, ncol=2 if len(panel.lines) + len(panel.flat) > 6 else 1)
-
-
-def panel_figure(panels: Sequence[Panel], columns: int):
-    """A matplotlib figure of the panels, `columns` to a row; (figure, axes)."""
-    plt = _pyplot()
-    columns = max(1, min(columns, len(panels)))
-    grid_rows = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(grid_rows, columns, figsize=(5.2 * columns, 3.9 * grid_rows), squeeze=False)
-    for ax, panel in zip(axes.ravel(), panels):
-        _draw_panel(ax, panel)
-    for ax in axes.ravel()[len(panels):]:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig, axes
-
-
-def plot_sensitivity(out_dir, rows: Sequence[dict]) -> list[Path]:
-    """sensitivity_<family>.png per family (AUC against each parameter, one panel per parameter
-    axis) and every panel in sensitivity.png."""
-    plt = _pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    by_family: dict[str, list[dict]] = {}
-    for row in rows:
-        by_family.setdefault(row["family"], []).append(row)
-    paths, every_panel = [], []
-    for family, family_rows in by_family.items():
-        panels = family_panels(family, family_rows)
-        if not panels:
-            continue
-        every_panel += panels
-        fig, _ = panel_figure(panels, columns=len(panels))
-        paths.append(out_dir / f"sensitivity_{family}.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    if every_panel:
-        fig, _ = panel_figure(every_panel, columns=4)
-        paths.append(out_dir / "sensitivity.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
-
-
 def type_summary(rows: Sequence[dict]) -> list[list]:
     """Per manipulation type: family, parameter axis, leaves scored, mean, min and max AUC with
     the parameters they occur at (rows as in sensitivity.csv, values numbers or their text)."""
@@ -549,54 +377,11 @@ def type_summary(rows: Sequence[dict]) -> list[list]:
     for type_name, members in by_type.items():
         aucs = [float(r["auc"]) for r in members]
         low, high = int(np.argmin(aucs)), int(np.argmax(aucs))
-        axis = parameter_axis(type_name)
+        axis = plots.parameter_axis(type_name)
         table.append([type_name, members[0]["family"], "-" if axis is None else axis.split(" (")[0],
                       len(members), float(np.mean(aucs)), f"{aucs[low]:.3f} ({members[low]['param'] or '-'})",
                       f"{aucs[high]:.3f} ({members[high]['param'] or '-'})"])
     return table
-
-
-_ATTACK_AXES = {"downscale": ("downscale factor (new size / old size)", True),
-                "jpeg": ("JPEG quality Q (0-100)", True),
-                "edge_blur": ("Gaussian kernel size in the edge band (pixels, k x k)", False)}
-
-
-def plot_robustness(path, rows: Sequence[dict]) -> Path:
-    """One panel per attack: AUC against the strength (stronger to the right), clean AUC dashed."""
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean = next((r["auc"] for r in rows if r["attack"] == "none"), None)
-    attacks = [a for a in ATTACKS if any(r["attack"] == a for r in rows)]
-    fig, axes = plt.subplots(1, max(1, len(attacks)), figsize=(4.6 * max(1, len(attacks)), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], attacks):
-        points = [(float(r["level"]), r["auc"]) for r in rows if r["attack"] == name and r["auc"] is not None]
-        xlabel, decreasing = _ATTACK_AXES[name]
-        points.sort(reverse=decreasing)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linewidth=1.5, label="attacked")
-        if clean is not None:
-            ax.axhline(clean, linestyle="--", color="grey", linewidth=1.0, label=f"clean ({clean:.3f})")
-        if decreasing:
-            ax.invert_xaxis()
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("pixel AUC (mean per image)")
-        ax.set_ylim(0.0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title(name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _pyplot():
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -611,11 +396,11 @@ def write_outputs(out_dir, sensitivity_rows: Optional[Sequence[dict]],
     """sensitivity.csv + its plots and robustness.csv + robustness.png, for what was run."""
     out_dir = Path(out_dir)
     sens_csv = rob_csv = None
-    plots: list[Path] = []
+    figures: list[Path] = []
     if sensitivity_rows is not None:
         sens_csv = write_csv(out_dir / "sensitivity.csv", sensitivity_rows, SENSITIVITY_COLUMNS)
-        plots += plot_sensitivity(out_dir, sensitivity_rows)
+        figures += plots.plot_sensitivity(out_dir, sensitivity_rows)
     if robustness_rows is not None:
         rob_csv = write_csv(out_dir / "robustness.csv", robustness_rows, ROBUSTNESS_COLUMNS)
-        plots.append(plot_robustness(out_dir / "robustness.png", robustness_rows))
-    return StudyFiles(sens_csv, rob_csv, tuple(plots))
+        figures.append(plots.plot_robustness(out_dir / "robustness.png", robustness_rows))
+    return StudyFiles(sens_csv, rob_csv, tuple(figures))
