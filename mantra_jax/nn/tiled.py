@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -192,14 +192,26 @@ def whole_image_probabilities(variables, rgb_HxWx3, cfg: ModelConfig, *, dtype=j
 # --------------------------------------------------------------------------------------------
 # The tiled pass
 # --------------------------------------------------------------------------------------------
-def _crop_features(variables, rgb_HxWx3, start, size, cfg, dtype):
+class FeatureHead(NamedTuple):
+    """A per-pixel head on the Featex features, run by `tiled_probabilities` in pass 1 beside the
+    adaptation layer, so that Featex runs once for both outputs (the IMC class maps of
+    mantra_jax/infer/trace.py). Pass 1's halo grows by `radius`, so its map is exact too."""
+
+    fn: Callable  # (variables, feat_1xhxwxC) -> float32 (h, w, channels); hashable: a jit static argument
+    variables: Any
+    channels: int
+    radius: int  # its receptive radius beyond Featex's
+
+
+def _crop_features(variables, rgb_HxWx3, start, size, cfg, dtype, with_featex=False):
     """Featex and the adaptation layer (the same ops as `model.apply`) on the `size` crop of the
-    image at `start` (traced, so every crop of one shape shares one compilation)."""
+    image at `start` (traced, so every crop of one shape shares one compilation); with
+    `with_featex`, (adapted features, Featex features)."""
     crop = jax.lax.dynamic_slice(rgb_HxWx3, (start[0], start[1], 0), size + (3,))
     params = variables["params"]
     feat = featex.apply(params["Featex"], model.preprocess(crop)[None].astype(dtype), cfg)
     y, _ = ladn.adapt(params, variables["batch_stats"], feat, cfg, train=False)
-    return y[0]
+    return (y[0], feat) if with_featex else y[0]
 
 
 def _interior_mask(size, interior):
@@ -210,12 +222,15 @@ def _interior_mask(size, interior):
     return (in_rows[:, None] & in_cols[None, :])[..., None]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "dtype", "size"), donate_argnames=("stored_HxWxC",))
-def _pass1_tile(variables, rgb_HxWx3, stored_HxWxC, start, interior, *, cfg, dtype, size):
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype", "size", "head_fn"),
+                   donate_argnames=("stored_HxWxC", "head_store_HxWxK"))
+def _pass1_tile(variables, rgb_HxWx3, stored_HxWxC, start, interior, head_variables=None, head_store_HxWxK=None, *,
+                cfg, dtype, size, head_fn=None):
     """Adapted features of one crop. Returns (the image's feature store with the crop's interior
     written in place, or None; the interior's per-channel mean; its sum of squared deviations from
-    that mean). Interior in crop coordinates."""
-    y = _crop_features(variables, rgb_HxWx3, start, size, cfg, dtype)
+    that mean), and with a `head_fn` (FeatureHead.fn) also its store with the crop's interior
+    written in place. Interior in crop coordinates."""
+    y, feat = _crop_features(variables, rgb_HxWx3, start, size, cfg, dtype, with_featex=True)
     inside = _interior_mask(size, interior)
     count = ((interior[1] - interior[0]) * (interior[3] - interior[2])).astype(jnp.float32)
     mean = jnp.sum(jnp.where(inside, y, 0.0), axis=(0, 1)) / count
@@ -224,7 +239,12 @@ def _pass1_tile(variables, rgb_HxWx3, stored_HxWxC, start, interior, *, cfg, dty
         at = (start[0], start[1], 0)
         window = jax.lax.dynamic_slice(stored_HxWxC, at, y.shape)
         stored_HxWxC = jax.lax.dynamic_update_slice(stored_HxWxC, jnp.where(inside, y, window), at)
-    return stored_HxWxC, mean, m2
+    if head_fn is None:
+        return stored_HxWxC, mean, m2
+    head = head_fn(head_variables, feat)
+    at = (start[0], start[1], 0)
+    window = jax.lax.dynamic_slice(head_store_HxWxK, at, head.shape)
+    return stored_HxWxC, mean, m2, jax.lax.dynamic_update_slice(head_store_HxWxK, jnp.where(inside, head, window), at)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "dtype", "size", "feature_size"))
@@ -276,8 +296,10 @@ def tiled_probabilities(
     feature_budget_bytes: int = DEFAULT_FEATURE_BUDGET_BYTES,
     halo_override: Optional[tuple[int, int]] = None,
     on_tile: Optional[Callable[[int, int], None]] = None,
-) -> np.ndarray:
-    """Forgery probabilities (float32 H x W) of a uint8 RGB image, computed tile by tile.
+    feature_head: Optional[FeatureHead] = None,
+):
+    """Forgery probabilities (float32 H x W) of a uint8 RGB image, computed tile by tile; with a
+    `feature_head`, (probabilities, its float32 H x W x channels map) from the same Featex run.
 
     Equal to `whole_image_probabilities` up to float32 rounding (see the module docstring).
     `tile` is the interior size in pixels; `feature_budget_bytes` decides whether the adapted
@@ -292,6 +314,11 @@ def tiled_probabilities(
     height, width = rgb_HxWx3.shape[:2]
     halo_featex, halo_ladn = halo_override if halo_override is not None else halos(cfg)
     channels = cfg.adapt_dim
+    head_fn, head_variables, head_store = None, None, None
+    if feature_head is not None:
+        halo_featex += feature_head.radius  # wider pass-1 crops (and pass-2 recomputation crops): still exact
+        head_fn, head_variables = feature_head.fn, feature_head.variables
+        head_store = jnp.zeros((height, width, feature_head.channels), jnp.float32)
 
     pass1 = [(r, c) for r in axis_segments(height, tile, halo_featex) for c in axis_segments(width, tile, halo_featex)]
     pass2 = [(r, c) for r in axis_segments(height, tile, halo_ladn) for c in axis_segments(width, tile, halo_ladn)]
@@ -310,7 +337,9 @@ def tiled_probabilities(
         interior = np.asarray(
             (r.start - r.crop_start, r.stop - r.crop_start, c.start - c.crop_start, c.stop - c.crop_start), np.int32
         )
-        stored, mean, m2 = _pass1_tile(variables, rgb, stored, corner(r, c), interior, cfg=cfg, dtype=dtype, size=size)
+        stored, mean, m2, *head = _pass1_tile(variables, rgb, stored, corner(r, c), interior, head_variables, head_store,
+                                              cfg=cfg, dtype=dtype, size=size, head_fn=head_fn)
+        head_store = head[0] if head else None
         moments.merge((r.stop - r.start) * (c.stop - c.start), np.asarray(mean), np.asarray(m2))
         done += 1
         if on_tile is not None:
@@ -334,4 +363,4 @@ def tiled_probabilities(
         done += 1
         if on_tile is not None:
             on_tile(done, total)
-    return out
+    return out if feature_head is None else (out, np.asarray(head_store))

@@ -1,0 +1,119 @@
+"""index.html: parsed back, every link resolves, one row per image, orders, thumbnails, skipped files."""
+import html.parser
+import urllib.parse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mantra_jax.metrics import pages
+
+
+class _Page(html.parser.HTMLParser):
+    """Rows of the images table (their cells' text, links and image sources), skipped rows, and
+    every href/src of the page."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.rows, self.skipped, self.links = [], [], []
+        self._row = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and attrs.get("class") in ("image", "skip"):
+            self._row = {"kind": attrs["class"], "text": [], "href": [], "src": []}
+        for name in ("href", "src"):
+            if name in attrs and not attrs[name].startswith("#"):
+                self.links.append(attrs[name])
+                if self._row is not None:
+                    self._row[name].append(attrs[name])
+
+    def handle_data(self, data):
+        if self._row is not None and data.strip():
+            self._row["text"].append(data.strip())
+
+    def handle_endtag(self, tag):
+        if tag == "tr" and self._row is not None:
+            (self.rows if self._row["kind"] == "image" else self.skipped).append(self._row)
+            self._row = None
+
+
+def _parse(path):
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def _resolve(folder, link):
+    assert "://" not in link and not link.startswith("/")  # relative: nothing fetched from anywhere
+    return (folder / urllib.parse.unquote(link)).resolve()
+
+
+def _png(path, height, width, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path.write_bytes(cv2.imencode(".png", image)[1].tobytes())
+    return path
+
+
+def test_the_pages_link_every_image_sort_by_score_and_list_the_skipped(tmp_path):
+    out, inputs = tmp_path / "out", tmp_path / "in put"
+    names = ["a photo #1.png", "été ß?.png", "plain.png"]
+    scores = [0.2, 0.9, None]
+    page = pages.RunPage(out, title="predict <test> & co", value_columns=["AUC"])
+    for i, (name, score) in enumerate(zip(names, scores)):
+        photo = _png(inputs / name, 600 if i == 0 else 40, 400 if i == 0 else 30, seed=i)
+        stem = Path(name).stem
+        page.add(pages.PageRow(str(photo), {"photo": photo, "mask": _png(out / f"{stem}_mask.png", 40, 30),
+                                            "trace": (out / f"{stem}_trace_L1.png") if i == 1 else None},
+                               score=score, values={"AUC": 0.5 + i / 10}))
+    _png(out / "été ß?_trace_L1.png", 40, 30)
+    page.skip(inputs / "broken #2.jpg", "not a readable image <truncated>")
+    page.set_headline({"F1": 0.25, "AUC": 0.75}, figures=[_png(out / "roc curve.png", 30, 40)])
+    index = page.write()
+    assert index == out / "index.html"
+
+    for name, (_, key, descending) in pages.PAGES.items():
+        parsed = _parse(out / name)
+        for link in parsed.links:
+            assert _resolve(out, link).is_file(), link
+        assert len(parsed.rows) == 3
+        shown = [row["text"][1] for row in parsed.rows]
+        if name == "index.html":
+            assert shown == [str(inputs / names[1]), str(inputs / names[0]), str(inputs / names[2])]
+        elif key == "score":
+            assert shown == [str(inputs / names[0]), str(inputs / names[1]), str(inputs / names[2])]
+        else:
+            assert shown == sorted(shown)
+        assert [s["text"] for s in parsed.skipped] == [[str(inputs / "broken #2.jpg"), "not a readable image <truncated>"]]
+        # The other orders are linked from each page.
+        assert set(pages.PAGES) - {name} <= set(parsed.links)
+
+    parsed = _parse(index)
+    first = parsed.rows[1]  # "a photo #1.png": 600 x 400, shown through a thumbnail
+    photo_link, photo_src = first["href"][0], first["src"][0]
+    assert "%23" in photo_link and "%20" in photo_link and "#" not in photo_link
+    assert _resolve(out, photo_link) == (inputs / names[0]).resolve()
+    thumb = _resolve(out, photo_src)
+    assert thumb.parent == (out / pages.THUMBS_DIR).resolve()
+    assert max(cv2.imdecode(np.fromfile(thumb, np.uint8), 1).shape[:2]) == pages.THUMB_MAX_SIDE
+    small = parsed.rows[0]  # small images are shown as they are
+    assert small["href"][:2] == small["src"][:2]
+    assert _resolve(out, small["src"][2]) == (out / "été ß?_trace_L1.png").resolve()
+    assert len(parsed.rows[2]["src"]) == 2  # no trace for this one: an empty cell
+    text = index.read_text(encoding="utf-8")
+    assert "predict &lt;test&gt; &amp; co" in text and "<script" not in text and "0.7500" in text
+    assert not list(out.glob(".*.tmp"))  # written through temporary files, moved into place
+
+
+def test_the_page_is_rewritten_as_the_run_goes_and_marks_missing_images(tmp_path):
+    page = pages.RunPage(tmp_path, title="run")
+    page.add(pages.PageRow("one", {"mask": _png(tmp_path / "one_mask.png", 8, 8)}, score=0.1))
+    assert len(_parse(page.write(refresh_seconds=30)).rows) == 1
+    assert 'http-equiv="refresh"' in (tmp_path / "index.html").read_text()
+    page.add(pages.PageRow("two", {"mask": tmp_path / "two_mask.png"}, score=0.3))  # not written
+    parsed = _parse(page.write())
+    assert len(parsed.rows) == 2 and "refresh" not in (tmp_path / "index.html").read_text()
+    assert parsed.rows[0]["src"] == [] and "mask: missing or unreadable" in parsed.rows[0]["text"]
+    for link in parsed.links:
+        assert _resolve(tmp_path, link).is_file()
