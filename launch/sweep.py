@@ -234,6 +234,8 @@ def _expand(spec_path: Path, spec: dict[str, Any], root: str | None,
         trials.append(Trial(index, _NAME_CHARS.sub("_", text).strip("._-") or "trial", flags))
     seen: dict[str, int] = {}
     for trial in trials:
+        if trial.name in (TRIALS_DIR, "slurm"):
+            raise SpecError(f"trial {trial.index} is named {trial.name!r}, a folder the sweep writes")
         if trial.name in seen:
             raise SpecError(f"trials {seen[trial.name]} and {trial.index} are both named "
                             f"{trial.name!r}; make trial_name include every varying flag")

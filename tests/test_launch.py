@@ -161,6 +161,7 @@ def test_cases_and_grid_are_crossed_in_order(tmp_path):
     ('module = "m"\nworkdir = "w"\n[flags]\nlevel = 1\n[grid]\nlevel = [1, 2]\n',
      "both [flags] and [grid]"),
     ('module = "m"\nworkdir = "w"\ntrial_name = "x"\n[grid]\nlevel = [1, 2]\n', "both named"),
+    ('module = "m"\nworkdir = "w"\ntrial_name = "trials"\n[grid]\nlevel = [1]\n', "a folder the sweep"),
     ('module = "m"\nworkdir = "w"\n[grid]\nworkdir = ["a"]\n', "set by the sweep"),
     ('module = "m"\nworkdir = "w"\n[grid]\nlevel = []\n', "non-empty list"),
     ('workdir = "w"\n', "module"),
