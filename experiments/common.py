@@ -52,9 +52,9 @@ def define_common_flags(default_workdir: str):
     flags.DEFINE_integer("regular_filters", 4, "Regular 5x5 filters in the combined first layer.", lower_bound=0)
     flags.DEFINE_float("width_scale", 1.0, "Multiplies every width (small networks for smoke runs).",
                        lower_bound=0.01, upper_bound=4.0)
-    flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process runs).")
-    flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run (0: auto-detect).", lower_bound=0)
-    flags.DEFINE_integer("process_id", -1, "This process's index (-1: auto-detect).", lower_bound=-1)
+    flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process runs; empty: detected).")
+    flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run (0: detected; 1: run alone).", lower_bound=0)
+    flags.DEFINE_integer("process_id", -1, "This process's index (-1: detected).", lower_bound=-1)
     flags.DEFINE_enum("log_level", "warning", ["debug", "info", "warning", "error"], "Python logging level.")
 
 

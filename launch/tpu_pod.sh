@@ -9,8 +9,8 @@
 # - Each worker runs the command inside DIR (default: ~/mantra_jax), which must hold this
 #   repository and its environment on every worker; --sync first copies the current directory
 #   there on all workers (without .git, .venv and runs/; gcloud compute tpus tpu-vm scp).
-# - jax.distributed: mantra_jax.train.distributed.initialize() recognises a Cloud TPU VM and
-#   JAX reads the worker list and this worker's index from the TPU metadata; no flags needed.
+# - jax.distributed: jax.distributed.initialize() recognises a Cloud TPU VM pod slice and reads
+#   the worker list and this worker's index from the TPU metadata; no flags needed.
 # - --workdir must be storage every worker sees (a gs:// bucket, or a shared filesystem):
 #   every worker takes part in the Orbax checkpoints, and worker 0 writes logs and reports.
 # - DRY_RUN=1 prints the gcloud commands instead of running them.

@@ -7,14 +7,11 @@ import ast
 import csv
 import importlib.util
 import json
-import math
 import os
-import random
 import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -135,72 +132,9 @@ def test_placeholder_stops_local_runs_until_set(name, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Expansion: grids, cases, random draws, names
+# Expansion: grids, cases, names
 # ------------------------------------------------------------------------------------------------
-RANDOM_SPEC = """
-    module = "fake_trainer"
-    workdir = "runs/random"
-    [grid]
-    level = [0, 5]
-    [random]
-    seed = {seed}
-    n_trials = 4
-    [random.axes.learning_rate]
-    distribution = "loguniform"
-    low = 1e-5
-    high = 1e-2
-    [random.axes.dropout]
-    distribution = "uniform"
-    low = 0.1
-    high = 0.5
-    [random.axes.batch_size]
-    distribution = "choice"
-    values = [16, 32, 64]
-    [random.axes.depth]
-    distribution = "randint"
-    low = 2
-    high = 4
-"""
-
-
-def _random_sweep(tmp_path, seed):
-    spec = write(tmp_path / f"random{seed}.toml", RANDOM_SPEC.format(seed=seed))
-    return sweep.load_sweep(spec, root=str(tmp_path / "root"))
-
-
-def test_random_draws_follow_the_documented_stream(tmp_path):
-    trials = _random_sweep(tmp_path, seed=7).trials
-    assert len(trials) == 2 * 4
-    # Reference: one random.Random(seed) stream, axes in spec order, one draw r per sample.
-    rng = random.Random(7)
-    expected = []
-    for _ in range(4):
-        u = [rng.random() for _ in range(4)]
-        expected.append({
-            "learning_rate": math.exp(math.log(1e-5) + (math.log(1e-2) - math.log(1e-5)) * u[0]),
-            "dropout": 0.1 + 0.4 * u[1],
-            "batch_size": [16, 32, 64][int(u[2] * 3)],
-            "depth": 2 + int(u[3] * 3),
-        })
-    for trial in trials:
-        level, sample = divmod(trial.index, 4)
-        assert trial.flags == {"level": [0, 5][level], **expected[sample]}
-        assert trial.name == f"r{sample}_level-{[0, 5][level]}"
-
-
-def test_random_draws_are_deterministic_and_depend_on_the_seed(tmp_path):
-    first = [t.flags for t in _random_sweep(tmp_path, seed=7).trials]
-    again = [t.flags for t in _random_sweep(tmp_path, seed=7).trials]
-    other = [t.flags for t in _random_sweep(tmp_path, seed=8).trials]
-    assert first == again
-    assert first != other
-    for flags in first + other:
-        assert 1e-5 <= flags["learning_rate"] <= 1e-2
-        assert 0.1 <= flags["dropout"] <= 0.5
-        assert flags["batch_size"] in (16, 32, 64) and flags["depth"] in (2, 3, 4)
-
-
-def test_cases_grid_and_draws_are_crossed_in_order(tmp_path):
+def test_cases_and_grid_are_crossed_in_order(tmp_path):
     spec = write(tmp_path / "crossed.toml", """
         module = "fake_trainer"
         workdir = "runs/crossed"
@@ -227,10 +161,9 @@ def test_cases_grid_and_draws_are_crossed_in_order(tmp_path):
     ('module = "m"\nworkdir = "w"\n[flags]\nlevel = 1\n[grid]\nlevel = [1, 2]\n',
      "both [flags] and [grid]"),
     ('module = "m"\nworkdir = "w"\ntrial_name = "x"\n[grid]\nlevel = [1, 2]\n', "both named"),
+    ('module = "m"\nworkdir = "w"\ntrial_name = "trials"\n[grid]\nlevel = [1]\n', "a folder the sweep"),
     ('module = "m"\nworkdir = "w"\n[grid]\nworkdir = ["a"]\n', "set by the sweep"),
     ('module = "m"\nworkdir = "w"\n[grid]\nlevel = []\n', "non-empty list"),
-    ('module = "m"\nworkdir = "w"\n[random]\nseed = 1\nn_trials = 2\n'
-     '[random.axes.lr]\ndistribution = "loguniform"\nlow = 0.0\nhigh = 1.0\n', "low > 0"),
     ('workdir = "w"\n', "module"),
     ('module = "m"\nworkdir = "w"\n[grid\n', "not a valid spec"),
 ])
@@ -240,12 +173,6 @@ def test_bad_specs_are_rejected_naming_the_file(tmp_path, body, message):
     with pytest.raises(sweep.SpecError, match=re.escape(message)) as error:
         sweep.load_sweep(spec)
     assert str(spec) in str(error.value)
-
-
-def test_json_specs_expand_like_toml(tmp_path):
-    spec = tmp_path / "s.json"
-    spec.write_text(json.dumps({"module": "m", "workdir": "w", "grid": {"level": [3, 4]}}))
-    assert [t.name for t in sweep.load_sweep(spec).trials] == ["level-3", "level-4"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -272,9 +199,9 @@ def test_trial_flagfile_parses_with_absl_and_overrides_the_base(tmp_path):
     """)
     loaded = sweep.load_sweep(spec, overrides=[sweep.parse_override("batch_size=8"),
                                                sweep.parse_override("data_dir=/d/x y")])
-    sweep.write_trials(loaded, loaded.trials)
+    sweep.write_trials(loaded)
     assert [t.name for t in loaded.trials] == ["w7_frozen-true", "w3_frozen-true"]
-    flagfile = tmp_path / "root" / "w7_frozen-true" / "trial.flags"
+    flagfile = tmp_path / "root" / "trials" / "0.flags"
     lines = [l for l in flagfile.read_text().splitlines() if not l.startswith("#")]
     assert lines == [f"--flagfile={base}", "--epochs=3", "--frozen=true", "--batch_size=8",
                      "--data_dir=/d/x y", "--windows=7,15,31", "--learning_rate=5e-05",
@@ -319,6 +246,7 @@ FAKE_TRAINER = """
     flags = {}
     read(sys.argv[1:], flags)
     workdir = flags["workdir"]
+    os.makedirs(workdir, exist_ok=True)  # as the trainers do
     with open(os.path.join(os.path.dirname(workdir), "calls.log"), "a") as log:
         log.write(os.path.basename(workdir) + "\\n")
     if flags.get("fail") == "true":
@@ -376,13 +304,13 @@ def test_local_sweep_runs_each_trial_and_skips_finished_ones(fake_project):
 
     # Interrupted trial: no final metrics. Only it runs again, with the same flagfile.
     (root / names[2] / "final_metrics.json").unlink()
-    flagfile_before = (root / names[2] / "trial.flags").read_text()
+    flagfile_before = (root / "trials" / "2.flags").read_text()
     dry = run_script([LAUNCH / "sweep.py", "--dry_run", "demo.toml"], cwd=project, env=env)
     assert [line.split("\t")[1] for line in dry.stdout.splitlines()] == ["done", "done", "todo"]
     result = run_script([LAUNCH / "sweep.py", "demo.toml", "--local"], cwd=project, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert _calls(root) == names + [names[2]]
-    assert (root / names[2] / "trial.flags").read_text() == flagfile_before
+    assert (root / "trials" / "2.flags").read_text() == flagfile_before
     assert "2 of 3 trials finished already" in result.stdout
 
 
@@ -401,7 +329,7 @@ def test_local_sweep_reports_failed_trials_and_runs_the_rest(fake_project):
     assert _calls(project / "runs" / "failing") == ["fail-true", "fail-false"]
 
 
-def test_local_sweep_counts_a_trial_stopped_by_sigterm_as_unfinished(fake_project):
+def test_local_sweep_stops_at_a_trial_stopped_by_sigterm_and_counts_it_unfinished(fake_project):
     project, env = fake_project
     write(project / "stopped.toml", """
         module = "fake_trainer"
@@ -412,10 +340,11 @@ def test_local_sweep_counts_a_trial_stopped_by_sigterm_as_unfinished(fake_projec
     """)
     result = run_script([LAUNCH / "sweep.py", "stopped.toml", "--local"], cwd=project, env=env)
     assert result.returncode == sweep.PREEMPTED == 75
-    assert "1 trials stopped by SIGTERM, unfinished: preempt-true (exit status 75)" in result.stderr
+    assert "trial preempt-true stopped by SIGTERM (exit status 75), unfinished" in result.stderr
     assert "did not finish" not in result.stderr  # not counted as failed
+    assert _calls(project / "runs" / "stopped") == ["preempt-true"]  # no other trial started
     dry = run_script([LAUNCH / "sweep.py", "--dry_run", "stopped.toml"], cwd=project, env=env)
-    assert [line.split("\t")[1] for line in dry.stdout.splitlines()] == ["todo", "done"]
+    assert [line.split("\t")[1] for line in dry.stdout.splitlines()] == ["todo", "todo"]
 
 
 def test_local_sweep_passes_sigterm_on_and_starts_no_other_trial(fake_project):
@@ -429,7 +358,7 @@ def test_local_sweep_passes_sigterm_on_and_starts_no_other_trial(fake_project):
     """)
     result = run_script([LAUNCH / "sweep.py", "runner.toml", "--local"], cwd=project, env=env)
     assert result.returncode == 75, result.stderr
-    assert "preempt-runner (exit status 75)" in result.stderr and "preempt-false (not started)" in result.stderr
+    assert "trial preempt-runner stopped by SIGTERM (exit status 75)" in result.stderr
     assert _calls(project / "runs" / "runner") == ["preempt-runner"]
 
 
@@ -439,9 +368,8 @@ def test_summary_ranks_finished_trials_best_first(fake_project):
     assert run_script([LAUNCH / "sweep.py", "demo.toml", "--local"], cwd=project,
                       env=env).returncode == 0
     # A trial still running: its metrics log but no final metrics.
-    write(root / "running" / "trial.flags",
-          "--flagfile=base.flags\n--steps=7\n--learning_rate=0.5\n")
-    write(root / "running" / "metrics.jsonl", '{"step": 3}\n{"step": 4, "lo')
+    (root / "learning_rate-0.1" / "final_metrics.json").unlink()
+    write(root / "learning_rate-0.1" / "metrics.jsonl", '{"step": 3}\n{"step": 4, "lo')
 
     result = run_script([LAUNCH / "sweep.py", "summarize", root], cwd=project, env=env)
     assert result.returncode == 0, result.stderr
@@ -449,19 +377,19 @@ def test_summary_ranks_finished_trials_best_first(fake_project):
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
     assert header[:4] == ["rank", "trial", "status", "learning_rate"]
     assert header[4:6] == ["val_loss", "step"]  # the ranking metric first
-    assert "steps" not in header  # flags equal in every trial are left out
+    assert "steps" not in header  # the fixed flags are left out
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[1:]]
     losses = {name: abs(float(name.split("-")[1]) - 0.01)
               for name in ["learning_rate-0.1", "learning_rate-0.001", "learning_rate-0.02"]}
-    best_first = sorted(losses, key=losses.get)
-    assert [row[1] for row in rows] == best_first + ["running"]
-    assert [row[0] for row in rows] == ["1", "2", "3", "-"]
-    assert rows[-1][2] == "unfinished (step 3)"
+    best_first = sorted(losses, key=losses.get)  # learning_rate-0.1, the unfinished one, is last
+    assert [row[1] for row in rows] == best_first
+    assert [row[0] for row in rows] == ["1", "2", "-"]
+    assert rows[-1][2] == "unfinished (step 3)" and rows[-1][3] == "0.1"
 
     with open(root / "summary.csv", newline="") as handle:
         records = list(csv.DictReader(handle))
-    assert [r["trial"] for r in records] == best_first + ["running"]
-    assert [float(r["val_loss"]) for r in records[:3]] == [losses[n] for n in best_first]
+    assert [r["trial"] for r in records] == best_first
+    assert [float(r["val_loss"]) for r in records[:2]] == [losses[n] for n in best_first[:2]]
     assert (root / "summary.md").read_text().endswith(table[-1] + "\n")
 
     # Ranking by an accuracy-like metric defaults to higher-is-better.
@@ -613,11 +541,13 @@ def _recorded_calls(bin_dir: Path, name: str) -> list[list[str]]:
     return calls
 
 
-def test_slurm_submission_writes_an_array_of_unfinished_trials(fake_project):
+def test_slurm_submission_is_one_job_array_of_the_unfinished_trials(fake_project):
     project, env = fake_project
     bin_dir = project / "bin"
     bin_dir.mkdir()
     _fake_command(bin_dir, "sbatch", 'echo "Submitted batch job 4242"')
+    # srun runs its command here (after its options), so an array task trains for real.
+    _fake_command(bin_dir, "srun", 'while [[ "$1" == --* ]]; do shift; done; exec "$@"')
     env = dict(env, PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
     write(project / "array.toml", """
         module = "fake_trainer"
@@ -639,29 +569,27 @@ def test_slurm_submission_writes_an_array_of_unfinished_trials(fake_project):
                          "--sbatch_args=--partition=debug --time=0:10:00"], cwd=project, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Submitted batch job 4242" in result.stdout
-    script = root / "sweep.sbatch"
-    assert _recorded_calls(bin_dir, "sbatch") == [["--partition=debug", "--time=0:10:00",
-                                                   str(script)]]
-    text = script.read_text()
-    assert "#SBATCH --array=0,2-4%2" in text
-    assert "#SBATCH --gpus-per-node=2" in text and "#SBATCH --exclusive\n" in text
-    assert "#SBATCH --time=1:00:00" in text
-    assert f"TRIALS=({' '.join(names)})" in text
-    # Flagfiles for the submitted trials only; the finished one is left alone.
-    assert [(root / n / "trial.flags").exists() for n in names] == [True, False, True, True, True]
-    assert "job 4242\tarray 0,2-4" in (root / "submissions.log").read_text()
+    # The spec's options, then the command line's (sbatch lets the later --time win).
+    assert _recorded_calls(bin_dir, "sbatch") == [[
+        "--array=0,2-4%2", "--job-name=array", f"--output={root}/slurm/%A_%a.out",
+        "--gpus-per-node=2", "--exclusive", "--time=1:00:00", "--partition=debug", "--time=0:10:00",
+        str(LAUNCH / "slurm.sbatch"), "fake_trainer", f"--flagfile={root}/trials/%a.flags"]]
+    assert sorted(p.name for p in (root / "trials").iterdir()) == [f"{i}.flags" for i in range(5)]
+    assert (root / "trials" / "3.flags").read_text().splitlines()[-1] == f"--workdir={root / names[3]}"
 
-    # Array tasks, run by bash with a fake srun: task i runs trial i, or skips it if finished.
-    _fake_command(bin_dir, "srun", "")
-    for task in (3, 1):
-        task_env = dict(env, SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_JOB_ID="4242")
-        ran = subprocess.run(["bash", str(script)], env=task_env, capture_output=True,
-                             text=True, timeout=30)
-        assert ran.returncode == 0, ran.stderr
-    srun_calls = _recorded_calls(bin_dir, "srun")
-    assert len(srun_calls) == 1  # task 1's trial had finished
-    assert srun_calls[0][-3:] == ["-m", "fake_trainer",
-                                  f"--flagfile={root / names[3] / 'trial.flags'}"]
+    # Array task 3, as SLURM runs it: launch/slurm.sbatch on trials/3.flags.
+    task_env = dict(env, SLURM_ARRAY_TASK_ID="3", SLURM_JOB_ID="4245", SLURM_NTASKS="1",
+                    SLURM_JOB_NUM_NODES="1", SLURM_JOB_NODELIST="gpu1", SLURM_SUBMIT_DIR=str(project),
+                    PYTHON=sys.executable)
+    task_env.pop("WORKDIR", None)
+    ran = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), "fake_trainer",
+                          f"--flagfile={root}/trials/%a.flags"], env=task_env, cwd=project,
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert _calls(root) == [names[3]]
+    assert (root / names[3] / "final_metrics.json").is_file()
+    assert _recorded_calls(bin_dir, "srun")[-1][-3:] == [
+        "-m", "fake_trainer", f"--flagfile={root}/trials/3.flags"]
 
 
 def test_slurm_submission_of_a_finished_sweep_submits_nothing(fake_project):
@@ -673,7 +601,7 @@ def test_slurm_submission_of_a_finished_sweep_submits_nothing(fake_project):
     assert run_script([LAUNCH / "sweep.py", "demo.toml", "--local"], cwd=project,
                       env=env).returncode == 0
     result = run_script([LAUNCH / "sweep.py", "demo.toml", "--slurm"], cwd=project, env=env)
-    assert result.returncode == 0 and "nothing to submit" in result.stdout
+    assert result.returncode == 0 and "3 of 3 trials finished already, 0 to run" in result.stdout
     assert _recorded_calls(bin_dir, "sbatch") == []
 
 
@@ -704,13 +632,6 @@ def test_slurm_batch_script_runs_one_srun_per_job(tmp_path):
     assert "#SBATCH --ntasks-per-node=4" in text and "#SBATCH --gpus-per-node=4" in text
 
 
-def test_slurm_batch_script_requires_a_workdir(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "WORKDIR"}
-    result = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), "experiments.imc385"],
-                            env=env, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2 and "WORKDIR" in result.stderr
-
-
 def test_tpu_pod_script_runs_the_command_on_every_worker(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -731,65 +652,3 @@ def test_tpu_pod_script_runs_the_command_on_every_worker(tmp_path):
                             capture_output=True, text=True, timeout=30).stdout.splitlines()
     assert echoed == ["experiments.imc385", "--workdir=gs://bucket/run 1"]
     assert command.startswith("cd ~/mantra_jax && ")
-
-
-# ------------------------------------------------------------------------------------------------
-# launch/local.py
-# ------------------------------------------------------------------------------------------------
-FAKE_WORKER = """
-    import os, sys, time
-    flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if arg.startswith("--"))
-    rank = int(flags["process_id"])
-    print(f"rank {rank} of {flags['num_processes']} at {flags['coordinator_address']} "
-          f"extra={flags.get('extra')}", flush=True)
-    pid_file = os.environ.get("FAKE_PID_FILE")
-    if pid_file and rank == 0:
-        with open(pid_file + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(pid_file + ".tmp", pid_file)
-        time.sleep(60)
-    if pid_file and rank == 1:
-        while not os.path.exists(pid_file):
-            time.sleep(0.01)
-        sys.exit(3)
-"""
-
-
-def test_local_launcher_starts_n_processes_with_prefixed_output(tmp_path):
-    write(tmp_path / "fake_worker.py", FAKE_WORKER)
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    result = run_script([LAUNCH / "local.py", "--num_processes=3", "fake_worker", "--extra=x"],
-                        env=env)
-    assert result.returncode == 0, result.stderr
-    lines = sorted(result.stdout.splitlines())
-    assert len(lines) == 3
-    addresses = set()
-    for rank, line in enumerate(lines):
-        prefix, _, rest = line.partition(" ")
-        assert prefix == f"[{rank}]"
-        words = rest.split()
-        assert words[:4] == ["rank", str(rank), "of", "3"] and words[-1] == "extra=x"
-        addresses.add(words[5])
-    [address] = addresses  # every process got the same coordinator
-    assert address.startswith("127.0.0.1:") and int(address.split(":")[1]) > 0
-
-
-def test_local_launcher_stops_everything_when_one_process_fails(tmp_path):
-    write(tmp_path / "fake_worker.py", FAKE_WORKER)
-    pid_file = tmp_path / "rank0.pid"
-    env = dict(os.environ, PYTHONPATH=str(tmp_path), FAKE_PID_FILE=str(pid_file))
-    started = time.monotonic()
-    result = run_script([LAUNCH / "local.py", "-n", "2", "--grace_s=5", "fake_worker"], env=env)
-    assert result.returncode == 3
-    assert time.monotonic() - started < 30  # rank 0 would otherwise sleep for 60 s
-    assert "process 1 exited with status 3" in result.stderr
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(pid_file.read_text()), 0)
-
-
-def test_local_launcher_gives_each_process_its_own_gpus():
-    local = _load_module("launch_local", LAUNCH / "local.py")
-    assert local.visible_devices_for(1, 2, None) == "2,3"
-    assert local.visible_devices_for(1, 2, "4,5,6,7") == "6,7"
-    with pytest.raises(ValueError, match="only 2 are visible"):
-        local.visible_devices_for(1, 2, "4,5")
