@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import harness
 
 
 def _parse_size(text):
@@ -92,10 +93,10 @@ def main(argv=None):
                 run(images)
                 times[name].append(time.perf_counter() - start)
                 cpus[name].append(time.process_time() - cpu)
-    median = {k: statistics.median(v) for k, v in times.items()}
+    median = {k: harness.median(v) for k, v in times.items()}
     for name in runners:
         print(f"{name:10s} median {median[name]:.3f} s/call  best {min(times[name]):.3f} s  "
-              f"cpu {statistics.median(cpus[name]):.3f} s/call  "
+              f"cpu {harness.median(cpus[name]):.3f} s/call  "
               f"max |p - p_jax| {float(np.max(np.abs(outputs[name] - outputs['jax']))):.2e}")
     ratio = median["onnx"] / median["jax"]
     print(f"onnx / jax: {ratio:.2f} x the time ({'onnxruntime faster' if ratio < 1 else 'JAX faster'}); "

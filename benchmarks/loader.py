@@ -16,8 +16,8 @@ instead, where decoding a whole photo for each patch dominates (the LRU rarely h
 shuffled corpus; ``--patches_per_image 8`` amortises one decode over 8 samples, IMC stream only). Each worker
 count gets a fresh pipeline; the first batches (process start) are not timed. With 0
 workers the main process does everything on one OpenCV thread: that is the per-core rate.
-``--step`` also times the IMC training step (forward + backward of the IMC model on the
-loader's batch shape, on the default JAX device) and prints the loader's rate against the
+``--step`` also times the trainer's own IMC step (``loop.make_train_step`` of the IMC task on
+the loader's batch shape, on the default JAX device) and prints the loader's rate against the
 step's consumption; ``--consumed R`` compares with R samples/s measured elsewhere instead (e.g.
 a train step of benchmarks/accelerator.py). Target: the loader is never the bottleneck.
 ``--json PATH`` writes the figures (stream, shape, photos, rate per worker count, consumption,
@@ -113,42 +113,32 @@ def loader_rate(dataset, workers: int, batch_size: int, seconds: float) -> float
 
 
 def step_rate(batch_size: int, crop: int, level: int, seconds: float) -> float:
+    """Samples/s of the trainer's own IMC step (`loop.make_train_step` of the IMC task at `level`,
+    the released width, float32) on the loader's batch shape."""
     import jax  # only here: the loader itself never touches JAX
     import jax.numpy as jnp
-    import optax
 
     from mantra_jax.imc import taxonomy
     from mantra_jax.nn import model
     from mantra_jax.nn.config import ModelConfig
+    from mantra_jax.train import imc, loop
 
     cfg = ModelConfig(head="imc", num_classes=taxonomy.num_classes(level))
-    variables = model.init(jax.random.key(0), cfg)
-    optimizer = optax.adam(1e-4)
-    opt_state = optimizer.init(variables["params"])
-
-    def loss_fn(params, images, labels):
-        logits = model.apply({**variables, "params": params}, model.preprocess(images), cfg, train=True)["logits"]
-        logits = logits.reshape(logits.shape[0], -1, logits.shape[-1])
-        labels = jnp.broadcast_to(labels[:, None], logits.shape[:2])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    @jax.jit
-    def train_step(params, opt_state, images, labels):
-        loss, grads = jax.value_and_grad(loss_fn)(params, images, labels)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return model.project(optax.apply_updates(params, updates), cfg), opt_state, loss
-
+    task = imc.make_task(cfg, level=level, patch_index=None, learning_rate=1e-4)
+    clip = loop.LoopConfig.grad_clip_norm
+    step = jax.jit(loop.make_train_step(task, clip, jnp.float32), donate_argnums=0)
+    state = loop.initial_state(task, model.init(jax.random.key(0), cfg), clip)
     rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.integers(0, 256, size=(batch_size, crop, crop, 3), dtype=np.uint8))
-    labels = jnp.asarray(rng.integers(0, cfg.num_classes, size=batch_size, dtype=np.int32))
-    params = variables["params"]
-    params, opt_state, loss = train_step(params, opt_state, images, labels)  # compile
-    loss.block_until_ready()
+    batch = {"image": jnp.asarray(rng.integers(0, 256, size=(batch_size, crop, crop, 3), dtype=np.uint8)),
+             "label": jnp.asarray(rng.integers(0, cfg.num_classes, size=batch_size, dtype=np.int32))}
+    lr_scale = np.float32(1.0)
+    state, metrics = step(state, batch, lr_scale)  # compile
+    jax.block_until_ready(metrics)
     steps = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
-        params, opt_state, loss = train_step(params, opt_state, images, labels)
-        loss.block_until_ready()
+        state, metrics = step(state, batch, lr_scale)
+        jax.block_until_ready(metrics)
         steps += 1
     return steps * batch_size / (time.perf_counter() - start)
 

@@ -23,11 +23,10 @@ whose XLA memory exceeds what the machine has available is compiled and analysed
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
+
+from benchmarks import harness
 
 DEFAULT_SIZES = "4x256x256,1x768x1024"
 QUICK_SIZES = "2x64x64,1x96x128"
@@ -46,44 +45,8 @@ def _parse_sizes(text):
     return sizes
 
 
-def _current_rss_bytes():
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return None
-
-
-def _cpu_seconds():
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _flops(compiled):
-    """`cost_analysis()` is a dict in recent JAX and was a list of one dict per program before."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    return float(cost.get("flops", float("nan"))) if cost else float("nan")
-
-
-def _xla_bytes(compiled):
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        return None, None
-    if m is None:
-        return None, None
-    total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-    return int(total), int(m.temp_size_in_bytes)
-
-
 def measure(n, h, w, mode, *, variant, dtype_name, repeats):
     """One measurement in this process; returns a JSON-able dict."""
-    import resource
-
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -117,8 +80,8 @@ def measure(n, h, w, mode, *, variant, dtype_name, repeats):
     start = time.perf_counter()
     compiled = jax.jit(run).lower(variables, x, mask).compile()
     compile_s = time.perf_counter() - start
-    flops = _flops(compiled)
-    xla_total, xla_temp = _xla_bytes(compiled)
+    flops = harness.flops(compiled)
+    xla_total, xla_temp = harness.xla_bytes(compiled)
     result = dict(n=n, h=h, w=w, mode=mode, device=f"{device.platform}:{device.device_kind}",
                   compile_s=compile_s, flops=flops, xla_bytes=xla_total, xla_temp_bytes=xla_temp,
                   time_s=None, cpu_s=None, peak_bytes=None, calls=0, note="")
@@ -128,28 +91,19 @@ def measure(n, h, w, mode, *, variant, dtype_name, repeats):
         result["note"] = f"not run: needs {xla_total / 2**30:.1f} GiB, {limit / 2**30:.1f} GiB available"
         return result
 
-    rss_before = _current_rss_bytes()
-    cpu_before = _cpu_seconds()
+    rss_before = harness.rss_bytes()
+    cpu_before = harness.cpu_seconds()
     times = []
     start = time.perf_counter()
     jax.block_until_ready(compiled(variables, x, mask))
     times.append(time.perf_counter() - start)
     if times[0] < SLOW_CALL_S:  # fast enough to afford repetitions; the first was the warm-up
-        times, cpu_before = [], _cpu_seconds()
-        for _ in range(max(1, repeats)):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(variables, x, mask))
-            times.append(time.perf_counter() - start)
-    result["cpu_s"] = (_cpu_seconds() - cpu_before) / len(times)
-    result["time_s"] = float(np.median(times))
+        cpu_before = harness.cpu_seconds()
+        times = harness.time_calls(lambda: jax.block_until_ready(compiled(variables, x, mask)), max(1, repeats), warmup=0)
+    result["cpu_s"] = (harness.cpu_seconds() - cpu_before) / len(times)
+    result["time_s"] = harness.median(times)
     result["calls"] = len(times)
-    if device.platform == "cpu":
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        result["peak_bytes"] = max(0, peak - rss_before) if rss_before is not None else None
-        result["peak_kind"] = "peak RSS growth"
-    else:
-        result["peak_bytes"] = device.memory_stats().get("peak_bytes_in_use")
-        result["peak_kind"] = "peak_bytes_in_use"
+    result["peak_bytes"], result["peak_kind"] = harness.device_peak(device, rss_before)
     return result
 
 
@@ -175,7 +129,7 @@ def main():
         n, h, w, mode = args.measure.split(",")
         result = measure(int(n), int(h), int(w), mode, variant=args.variant, dtype_name=args.dtype,
                          repeats=args.repeats)
-        print("RESULT " + json.dumps(result))
+        harness.emit(result)
         return
 
     sizes = _parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
@@ -188,21 +142,17 @@ def main():
     printed_header = False
     for n, h, w in sizes:
         for mode in modes:
-            command = [sys.executable, "-m", "benchmarks.network", "--measure", f"{n},{h},{w},{mode}",
-                       "--dtype", args.dtype, "--repeats", str(args.repeats), "--variant", args.variant]
-            done = subprocess.run(command, capture_output=True, text=True)
-            lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
-            if done.returncode != 0 or not lines:
-                tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-                print(f"{n}x{h}x{w} {mode}: failed (exit {done.returncode}): {' | '.join(tail)}", flush=True)
+            r = harness.run_child("benchmarks.network", ["--measure", f"{n},{h},{w},{mode}", "--dtype", args.dtype,
+                                                         "--repeats", args.repeats, "--variant", args.variant])
+            if "error" in r:
+                print(f"{n}x{h}x{w} {mode}: failed ({r['error']}): {r['detail']}", flush=True)
                 continue
-            r = json.loads(lines[-1][len("RESULT "):])
             if not printed_header:
                 print(f"ManTra-Net {args.variant}, {args.dtype}, on {r['device']} "
                       f"({os.cpu_count()} CPU cores visible); peak MB = {r.get('peak_kind', 'peak')}")
                 print(header)
                 printed_header = True
-            gflops = r["flops"] / 1e9 if r["flops"] == r["flops"] else None
+            gflops = r["flops"] / 1e9 if r["flops"] is not None else None
             rate = gflops / r["time_s"] if (gflops is not None and r["time_s"]) else None
             cpu_s = r.get("cpu_s") if r["device"].startswith("cpu") else None
             cpu_rate = gflops / cpu_s if (gflops is not None and cpu_s) else None

@@ -18,12 +18,10 @@ tiled pass at that size too, so the two are side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 import time
+
+from benchmarks import harness
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -33,14 +31,6 @@ def _parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
     return height, width
-
-
-def _available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
 def _model(quick: bool):
@@ -62,7 +52,7 @@ def _child_run(mode: str, height: int, width: int, quick: bool, tile: int) -> di
 
     cfg, variables = _model(quick)
     rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = harness.peak_rss_bytes()
     start = time.perf_counter()
     if mode == "untiled":
         prob = tiled.whole_image_probabilities(variables, rgb, cfg)
@@ -70,8 +60,7 @@ def _child_run(mode: str, height: int, width: int, quick: bool, tile: int) -> di
         budget = 0 if mode == "tiled-recompute" else tiled.DEFAULT_FEATURE_BUDGET_BYTES
         prob = tiled.tiled_probabilities(variables, rgb, cfg, tile=tile, feature_budget_bytes=budget)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"peak_bytes": peak, "before_bytes": before, "seconds": seconds, "mean": float(prob.mean())}
+    return {"peak_bytes": harness.peak_rss_bytes(), "before_bytes": before, "seconds": seconds, "mean": float(prob.mean())}
 
 
 def _child_estimate(height: int, width: int, quick: bool) -> dict:
@@ -84,18 +73,11 @@ def _child_estimate(height: int, width: int, quick: bool) -> dict:
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), cfg))
     image = jax.ShapeDtypeStruct((height, width, 3), jnp.uint8)
     compiled = tiled.whole_image_map.lower(shapes, image, cfg, jnp.dtype(jnp.float32)).compile()
-    analysis = compiled.memory_analysis()
-    total = analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-    return {"xla_bytes": int(total)}
+    return {"xla_bytes": tiled.program_bytes(compiled)}
 
 
 def _in_subprocess(args: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.tiled_memory", "--child", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1],
-                "returncode": done.returncode}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return harness.run_child("benchmarks.tiled_memory", ["--child", *args])
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,7 +91,7 @@ def _report(mode: str, size: tuple[int, int], result: dict):
     height, width = size
     label = f"{mode:16s} {width:5d}x{height:<5d} {height * width / 1e6:5.1f} MP"
     if "error" in result:
-        print(f"{label}  failed: {result['error']}", flush=True)
+        print(f"{label}  failed ({result['error']}): {result['detail']}", flush=True)
         return
     print(f"{label}  peak RSS {_gb(result['peak_bytes'])}  (before predicting {_gb(result['before_bytes'])})"
           f"  {result['seconds']:8.1f} s", flush=True)
@@ -132,10 +114,10 @@ def main(argv=None):
         kind, *rest = args.child
         if kind == "estimate":
             height, width, quick = int(rest[0]), int(rest[1]), rest[2] == "1"
-            print(json.dumps(_child_estimate(height, width, quick)))
+            harness.emit(_child_estimate(height, width, quick))
         else:
             height, width, quick, tile = int(rest[0]), int(rest[1]), rest[2] == "1", int(rest[3])
-            print(json.dumps(_child_run(kind, height, width, quick, tile)))
+            harness.emit(_child_run(kind, height, width, quick, tile))
         return
 
     from mantra_jax.nn import tiled
@@ -145,7 +127,7 @@ def main(argv=None):
     small = args.small_size or ((300, 400) if args.quick else (1448, 1448))
     tile = args.tile or (128 if args.quick else tiled.DEFAULT_TILE)
     print(f"{'quick: 1/8-width model' if args.quick else 'released model (Ptrain4)'}, tile {tile}, "
-          f"{os.cpu_count()} CPUs, {_gb(_available_bytes()).strip()} available now", flush=True)
+          f"{os.cpu_count()} CPUs, {_gb(tiled.available_memory_bytes()).strip()} available now", flush=True)
 
     # The whole-image pass runs at the largest of (size, small) whose XLA buffers fit in the memory
     # available now, with a margin: on CPU the peak RSS measured ~1.6x the XLA figure plus ~1 GB of
@@ -154,9 +136,9 @@ def main(argv=None):
     for hw in (size, small):
         estimate = _in_subprocess(["estimate", str(hw[0]), str(hw[1]), quick])
         if "error" in estimate:
-            raise SystemExit(f"could not compile the whole-image pass: {estimate['error']}")
+            raise SystemExit(f"could not compile the whole-image pass: {estimate['error']}: {estimate['detail']}")
         need = estimate["xla_bytes"]
-        fits = need * 1.6 + 1e9 < _available_bytes()
+        fits = need * 1.6 + 1e9 < tiled.available_memory_bytes()
         print(f"XLA buffers of the whole-image pass at {hw[1]}x{hw[0]}: {_gb(need).strip()}"
               f"{'' if fits else ' -- more than this machine has available now'}", flush=True)
         if fits:

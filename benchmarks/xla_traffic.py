@@ -13,13 +13,14 @@ JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 skips the plugin's driver check (both set here
 runs, so cuDNN algorithms and Triton tiles are defaults; fusion, layouts, precision and buffer
 assignment are XLA's real decisions.
 
-Rows: imc_train, e2e_train (the trainer's step), infer (the whole-image pass of a 1024 x 768
-image), tile1 and tile2 (one crop of each pass of tiled inference of a 4000 x 3000 image at
-512-pixel tiles). Per row and dtype it prints the kernels launched, a memory-traffic model (each
-top-level kernel reads its operands and writes its result once; a fused slice reads only its
-slice; an in-place dynamic-update-slice fusion moves only its update), the largest kernel
-categories by traffic, convolutions by dtype, gathers and scatters, and XLA's temporaries. Not a timing: a way to see what would cost
-bandwidth on the accelerator, and to compare a change before and after. `--dump DIR` keeps XLA's
+Rows: imc_train, e2e_train (the trainer's own step: `loop.make_train_step` of the task that
+accelerator.py builds), infer (the whole-image pass of a 1024 x 768 image), tile1 and tile2 (one
+crop of each pass of tiled inference of a 4000 x 3000 image at 512-pixel tiles). Per row and dtype
+it prints the kernels launched, a memory-traffic model (each top-level kernel reads its operands
+and writes its result once; a fused slice reads only its slice; an in-place dynamic-update-slice
+fusion moves only its update), the largest kernel categories by traffic, convolutions by dtype,
+gathers and scatters, and XLA's temporaries. Not a timing: a way to see what would cost bandwidth
+on the accelerator, and to compare a change before and after. `--dump DIR` keeps XLA's
 dumps (optimized HLO, buffer assignment) for reading.
 """
 from __future__ import annotations
@@ -147,27 +148,24 @@ def _programs(row: str, dtype, device):
 
     from benchmarks import accelerator
     from mantra_jax.nn import model, tiled
+    from mantra_jax.train import loop
 
     sharding = jax.sharding.SingleDeviceSharding(device)
 
     def abstract(tree):
         return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
 
-    if row in ("imc_train", "e2e_train"):
-        spec = accelerator.row_specs(quick=False)[row]
-        cfg = accelerator.model_config(spec.kind, quick=False)
-        step, optimizer = accelerator.train_step_function(spec, cfg, dtype)
-        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), cfg))
-        state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
-                 "opt_state": jax.eval_shape(optimizer.init, variables["params"])}
-        batch = {"image": jax.ShapeDtypeStruct((spec.batch, spec.height, spec.width, 3), jnp.uint8)}
-        if spec.kind == "imc":
-            batch["label"] = jax.ShapeDtypeStruct((spec.batch,), jnp.int32)
-        else:
-            batch["mask"] = jax.ShapeDtypeStruct((spec.batch, spec.height, spec.width), jnp.uint8)
-        return step, (abstract(state), abstract(batch)), (0,)
+    if row in ("imc_train", "e2e_train"):  # the trainer's own step, as accelerator.py times it
+        spec = accelerator.row_specs()[row]
+        task, step = accelerator.train_step(spec, "full", dtype)
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), task.model_cfg))
+        state = jax.eval_shape(lambda v: loop.initial_state(task, v, loop.LoopConfig.grad_clip_norm), variables)
+        batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                       accelerator.train_batch(spec, task.model_cfg.num_classes))
+        lr_scale = jax.ShapeDtypeStruct((), jnp.float32)
+        return step, (abstract(state), abstract(batch), abstract(lr_scale)), (0,)
 
-    cfg = accelerator.model_config("infer", quick=False)
+    cfg = accelerator.model_config("infer")
     variables = abstract(jax.eval_shape(lambda: model.init(jax.random.key(0), cfg)))
     if row == "infer":
         image = abstract(jax.ShapeDtypeStruct((768, 1024, 3), jnp.uint8))

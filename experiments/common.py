@@ -36,7 +36,7 @@ def define_common_flags(default_workdir: str):
                          "learning rate is halved.", lower_bound=1)
     flags.DEFINE_float("plateau_factor", 0.5, "Learning-rate factor on a plateau.", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("grad_clip_norm", 1.0, "Gradients rescaled to at most this global norm before the "
-                       "optimiser (0: off); see mantra_jax.train.loop.clip_gradients.", lower_bound=0.0)
+                       "optimiser (0: off); see mantra_jax.train.loop.training_optimizer.", lower_bound=0.0)
     flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Computation dtype (parameters stay float32).")
     flags.DEFINE_integer("workers", 0, "grain worker processes for the training data (0: in process).", lower_bound=0)
     flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint interval in steps (and at every epoch end).", lower_bound=1)

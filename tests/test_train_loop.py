@@ -1,4 +1,5 @@
 """The shared trainer on the IMC task: resume, sharding, non-finite losses, checkpoints, reports."""
+import dataclasses
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mantra_jax import workdir
@@ -323,18 +325,34 @@ def test_cli_refuses_the_issue_rerun_and_exits_75_after_sigterm(index, finished,
     assert checkpoint.Checkpointer(work).steps() and not (work / "final_metrics.json").exists()
 
 
-def test_clip_gradients_bounds_the_global_norm_and_keeps_the_direction():
-    import numpy as np
-
-    from mantra_jax.train.loop import clip_gradients
-
+def test_training_optimizer_clips_the_global_norm_before_the_task_optimizer(index):
+    task = dataclasses.replace(make_task(index), optimizer=optax.sgd(1.0))  # its update: minus the gradient
     rng = np.random.default_rng(0)
     grads = {"a": rng.normal(size=(3, 4)).astype(np.float32) * 100, "b": {"c": rng.normal(size=5).astype(np.float32)}}
+    params = jax.tree.map(np.zeros_like, grads)
     flat = np.concatenate([grads["a"].ravel(), grads["b"]["c"]])
-    clipped = clip_gradients(grads, 1.0)
-    got = np.concatenate([np.asarray(clipped["a"]).ravel(), np.asarray(clipped["b"]["c"])])
-    np.testing.assert_allclose(np.linalg.norm(got), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(got, flat / np.linalg.norm(flat), rtol=1e-5)
-    small = clip_gradients(grads, 1e6)  # below the bound: untouched
-    np.testing.assert_allclose(np.asarray(small["a"]), grads["a"], rtol=1e-6)
-    assert clip_gradients(grads, 0.0) is grads  # 0: off
+
+    def passed_on(max_norm):  # the gradient the clipping hands to the task's optimiser
+        optimizer = loop.training_optimizer(task, max_norm)
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        return -np.concatenate([np.asarray(updates["a"]).ravel(), np.asarray(updates["b"]["c"])])
+
+    np.testing.assert_allclose(np.linalg.norm(passed_on(1.0)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(passed_on(1.0), flat / np.linalg.norm(flat), rtol=1e-5)
+    np.testing.assert_allclose(passed_on(1e6), flat, rtol=1e-6)  # below the bound: untouched
+    assert loop.training_optimizer(task, 0.0) is task.optimizer  # 0: off
+
+
+def test_train_step_logs_the_norm_before_clipping_and_scales_the_clipped_update(index):
+    task = dataclasses.replace(make_task(index), optimizer=optax.sgd(1.0))
+    variables = task.init_variables(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8),
+             "label": rng.integers(0, MODEL.num_classes, 2).astype(np.int32)}
+    grads = jax.grad(lambda p: task.loss(p, variables["batch_stats"], batch, jnp.float32)[0])(variables["params"])
+    norm = float(optax.tree.norm(grads))
+    step = jax.jit(loop.make_train_step(task, norm / 10, jnp.float32))
+    state, metrics = step(loop.initial_state(task, variables, norm / 10), batch, jnp.float32(0.5))
+    np.testing.assert_allclose(float(metrics["grad_norm"]), norm, rtol=1e-5)
+    moved = np.asarray(state["params"]["imc"]["bias"]) - np.asarray(variables["params"]["imc"]["bias"])
+    np.testing.assert_allclose(moved, -0.5 * np.asarray(grads["imc"]["bias"]) / 10, rtol=1e-4, atol=1e-7)

@@ -64,7 +64,7 @@ class LoopConfig:
     log_every: int = 50
     num_devices: Optional[int] = None  # None: every device
     async_checkpoint: bool = True
-    grad_clip_norm: float = 1.0  # gradients rescaled to at most this global norm before Adam; 0: off
+    grad_clip_norm: float = 1.0  # gradients rescaled to at most this global norm (training_optimizer); 0: off
     overwrite: bool = False  # delete the earlier run in workdir (whatever its settings) and start over
     # Wall seconds from the start of `train` (initialisation, validation set and compilation
     # included) after which no new step starts: the run saves a checkpoint, validates and writes
@@ -89,23 +89,6 @@ class LoopConfig:
         return self.epochs * self.steps_per_epoch
 
 
-def clip_gradients(grads, max_norm: float):
-    """`grads` rescaled to global norm at most `max_norm` (unchanged below it, or when max_norm is 0).
-
-    Why every trainer clips: at initialisation the per-pixel L2 normalisation of Featex divides by
-    the small feature norms of flat patches, and the first gradients can be hundreds of times the
-    later ones (grad norm 288 at step 1, then about 0.8, measured for the 1/8-width IMC-385 run of
-    the study). Adam's second moment remembers that first step for about 1/(1 - beta2) = 1,000
-    steps, and its updates shrink by the same factor: that run stayed at the uniform loss ln 380
-    for 750 steps.
-    """
-    if not max_norm:
-        return grads
-    norm = optax.tree.norm(grads)
-    scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
-    return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-
-
 @dataclasses.dataclass
 class Task:
     """What a trainer learns. Functions marked (jit) are traced inside the compiled steps."""
@@ -127,6 +110,54 @@ class Task:
     # patterns of the files final_report writes (deleted with the run by --overwrite).
     settings: dict = dataclasses.field(default_factory=dict)
     outputs: tuple = ()
+
+
+def training_optimizer(task: Task, grad_clip_norm: float) -> optax.GradientTransformation:
+    """The task's optimiser after a rescaling of the gradients to global norm at most
+    `grad_clip_norm` (0: the task's optimiser alone); the one the trainer initialises and steps.
+
+    Why every trainer clips: at initialisation the per-pixel L2 normalisation of Featex divides by
+    the small feature norms of flat patches, and the first gradients can be hundreds of times the
+    later ones (grad norm 288 at step 1, then about 0.8, measured for the 1/8-width IMC-385 run of
+    the study). Adam's second moment remembers that first step for about 1/(1 - beta2) = 1,000
+    steps, and its updates shrink by the same factor: that run stayed at the uniform loss ln 380
+    for 750 steps.
+    """
+    if not grad_clip_norm:
+        return task.optimizer
+    return optax.chain(optax.clip_by_global_norm(grad_clip_norm), task.optimizer)
+
+
+def initial_state(task: Task, variables: dict, grad_clip_norm: float) -> dict:
+    """The train state of `variables`: {"params", "batch_stats", "opt_state"}."""
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"],
+            "opt_state": training_optimizer(task, grad_clip_norm).init(variables["params"])}
+
+
+def make_train_step(task: Task, grad_clip_norm: float, dtype) -> Callable:
+    """The trainer's step, not jitted: (state, batch, lr_scale) -> (state, metrics). The loss and
+    its gradient, the optimiser of `training_optimizer` with its updates scaled by `lr_scale` (the
+    plateau schedule), then the model's constraint projection. Metrics: the task's, the loss, and
+    the gradients' global norm before clipping."""
+    optimizer = training_optimizer(task, grad_clip_norm)
+
+    def train_step(state, batch, lr_scale):
+        def loss_fn(params):
+            return task.loss(params, state["batch_stats"], batch, dtype)
+
+        (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        updates = jax.tree.map(lambda u: u * lr_scale, updates)  # Adam is scale-free: this scales the lr
+        params = model_lib.project(optax.apply_updates(state["params"], updates), task.model_cfg)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}, metrics
+
+    return train_step
+
+
+def make_eval_step(task: Task, dtype) -> Callable:
+    """The validation step, not jitted: (variables, batch) -> the task's eval sums."""
+    return lambda variables, batch: task.eval_sums(variables, batch, dtype)
 
 
 # What a trainer writes into its work directory (besides Task.outputs): --overwrite deletes these.
@@ -279,12 +310,7 @@ def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_ste
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
     # 2. Model and optimiser state, initialised from the seed.
-    variables = task.init_variables(jax.random.key(cfg.seed))
-    state = {
-        "params": variables["params"],
-        "batch_stats": variables["batch_stats"],
-        "opt_state": task.optimizer.init(variables["params"]),
-    }
+    state = initial_state(task, task.init_variables(jax.random.key(cfg.seed)), cfg.grad_clip_norm)
     state = jax.device_put(state, replicated)
     abstract_state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
 
@@ -308,22 +334,9 @@ def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_ste
     writer = reporting.MetricsWriter(workdir, enabled=is_main)
 
     # 5. The compiled steps.
-    def train_step(state, batch, lr_scale):
-        def loss_fn(params):
-            return task.loss(params, state["batch_stats"], batch, dtype)
-
-        (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        grad_norm = optax.tree.norm(grads)  # logged before clipping
-        grads = clip_gradients(grads, cfg.grad_clip_norm)
-        updates, opt_state = task.optimizer.update(grads, state["opt_state"], state["params"])
-        updates = jax.tree.map(lambda u: u * lr_scale, updates)  # Adam is scale-free: this scales the lr
-        params = model_lib.project(optax.apply_updates(state["params"], updates), task.model_cfg)
-        metrics = dict(metrics, loss=loss, grad_norm=grad_norm)
-        return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}, metrics
-
-    train_step = jax.jit(train_step, in_shardings=(replicated, split, None),
+    train_step = jax.jit(make_train_step(task, cfg.grad_clip_norm, dtype), in_shardings=(replicated, split, None),
                          out_shardings=(replicated, replicated), donate_argnums=0)
-    eval_step = jax.jit(lambda variables, batch: task.eval_sums(variables, batch, dtype),
+    eval_step = jax.jit(make_eval_step(task, dtype),
                         in_shardings=(replicated, split), out_shardings=replicated)
 
     def evaluate(state):
