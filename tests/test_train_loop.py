@@ -277,6 +277,17 @@ def test_a_checkpoint_of_another_configuration_is_named_never_renamed(index, fin
     assert not (work / "run.json").exists()
 
 
+def test_an_optimiser_state_laid_out_otherwise_is_named_never_renamed(index, finished, tmp_path):
+    # A run without a run record (as older ones were) resumed with another optimiser chain (here
+    # without the clipping stage; likewise a run saved before clipping joined the chain): the
+    # arrays have the same shapes but other paths. Refused with the reason, every step kept.
+    work = copy_of(finished, tmp_path)
+    (work / "run.json").unlink()
+    with pytest.raises(checkpoint.ConfigurationMismatch, match="laid out otherwise than the"):
+        loop.train(make_task(index), loop_cfg(work, epochs=1, grad_clip_norm=0.0))
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["1", "2"]
+
+
 TINY_CLI = ["--level=0", "--backbone=baseline", "--width_scale=0.0625", "--crop=16", "--batch_size=4",
             "--val_samples=8", "--val_batch_size=4", "--epochs=1", "--log_every=1"]
 

@@ -18,6 +18,7 @@ from the step's metadata, before Orbax reads any array), leaving every step as i
 from __future__ import annotations
 
 import json
+import re
 import logging
 
 from pathlib import Path
@@ -181,17 +182,19 @@ def _shapes(tree) -> dict:
 
 def _mismatches(directory: Path, step: int, abstract: dict, items) -> list[str]:
     """Lines naming the saved arrays of `step` whose shapes differ from `abstract`'s (empty when
-    they fit), from the step's metadata alone. The optimiser state is compared as a whole (Orbax
-    stores its tuples as lists, so the paths differ)."""
+    they fit), from the step's metadata alone. The optimiser state is compared as a whole, by its
+    paths (Orbax stores named tuples as dicts: `.mu` becomes `['mu']`) and shapes."""
     lines = []
     for item in items:
         folder = directory / STEPS_DIR / str(step) / item
         expected = _shapes(abstract[item])
         saved = _shapes(ocp.StandardCheckpointHandler().metadata(epath.Path(folder))) if folder.is_dir() else {}
         if item == "opt_state":
-            if sorted(expected.values()) != sorted(saved.values()):
-                lines.append(f"  opt_state: {len(saved)} saved arrays, not the {len(expected)} of this "
-                             f"configuration's optimiser")
+            expected = {re.sub(r"\.(\w+)", r"['\1']", k): v for k, v in expected.items()}
+            if expected != saved:
+                lines.append(f"  opt_state: {len(saved)} saved arrays laid out otherwise than the {len(expected)} "
+                             f"of this run's optimiser (another optimiser setting such as --grad_clip_norm or "
+                             f"--init, or a checkpoint written before gradient clipping joined the optimiser chain)")
             continue
         for k in sorted(set(expected) | set(saved)):
             if expected.get(k) != saved.get(k):
