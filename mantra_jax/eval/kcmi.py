@@ -306,3 +306,29 @@ def write_report(out_dir, result: dict, *, run: Optional[dict] = None) -> Path:
     plot_confusion(np.asarray(result["confusion"], np.float64), list(result["cameras"]), out_dir / "kcmi_confusion.png",
                    title=f"KCMI {result['k']}-NN: accuracy {100 * result['accuracy']:.1f} %")
     return path
+
+
+def evaluate_checkpoint(checkpoint, data_dir, out_dir, *, k: int = DEFAULT_K, crop: int = DEFAULT_CROP, seed: int = 0,
+                        metric: str = "cosine", step: provenance.StepChoice = provenance.DEFAULT_STEP,
+                        precision: str = "float32", progress: bool = True) -> dict:
+    """The test of a checkpoint's Featex (IMC or ManTra-Net) on a camera folder: checks the folder,
+    loads the checkpoint, runs the test and writes the report (its "run" entry: the step scored and
+    why, the model configuration, the command line, the crop and precision)."""
+    from mantra_jax.nn import config  # noqa: PLC0415  (JAX and Orbax only when a model is run)
+    from mantra_jax.train import checkpoint as checkpoint_lib  # noqa: PLC0415
+    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
+
+    list_camera_images(data_dir)  # a bad folder fails before the model is loaded
+    cfg, variables, record = checkpoint_lib.load_model_at(checkpoint, step)
+    feature_fn = featex_feature_fn(cfg, variables, crop=crop, dtype=config.dtype(precision))
+    bar = None
+
+    def progress_fn(done, total):
+        nonlocal bar
+        bar = bar or ProgressLine(total, "kcmi features")
+        bar.update(done)
+
+    result = run_kcmi(feature_fn, data_dir, k=k, seed=seed, metric=metric, progress=progress_fn if progress else None)
+    result["run"] = dict(record, crop=crop, precision=precision)
+    write_report(out_dir, result, run=result["run"])
+    return result
