@@ -7,6 +7,7 @@ trial as unfinished), anything else a crash (with its traceback).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -21,30 +22,38 @@ PREEMPTED_EXIT_STATUS = 75  # os.EX_TEMPFAIL
 
 
 def define_common_flags(default_workdir: str):
+    """The trainers' flags; those of mantra_jax.train.loop.LoopConfig take its defaults."""
+    from mantra_jax.train.loop import LoopConfig
+
+    loop = {f.name: f.default for f in dataclasses.fields(LoopConfig)}
     flags.DEFINE_string("workdir", default_workdir, "Work directory: checkpoints, metrics, reports. It belongs to "
                         "one run: a rerun with other settings is refused (see --overwrite).")
-    flags.DEFINE_bool("overwrite", False, "Start over: delete the earlier run in --workdir (checkpoints/, "
+    flags.DEFINE_bool("overwrite", loop["overwrite"], "Start over: delete the earlier run in --workdir (checkpoints/, "
                       "metrics.jsonl, tensorboard/, the reports, run.json, model_config.json, flags.txt; other "
                       "files stay) instead of resuming it or refusing other settings.")
     flags.DEFINE_string("data_dir", "", "Folder of pristine photos (recursive). Empty: the bundled photos.")
-    flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the data.", lower_bound=0)
-    flags.DEFINE_integer("batch_size", 64, "Global batch size (over every process and device).", lower_bound=1)
-    flags.DEFINE_integer("epochs", 100, "Epochs.", lower_bound=1)
-    flags.DEFINE_integer("steps_per_epoch", 1000, "Batches per epoch.", lower_bound=1)
-    flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
-    flags.DEFINE_integer("plateau_patience", 20, "Epochs without validation-loss improvement before the "
-                         "learning rate is halved.", lower_bound=1)
-    flags.DEFINE_float("plateau_factor", 0.5, "Learning-rate factor on a plateau.", lower_bound=0.0, upper_bound=1.0)
-    flags.DEFINE_float("grad_clip_norm", 1.0, "Gradients rescaled to at most this global norm before the "
-                       "optimiser (0: off); see mantra_jax.train.loop.training_optimizer.", lower_bound=0.0)
-    flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Computation dtype (parameters stay float32).")
+    flags.DEFINE_integer("seed", loop["seed"], "Seed of the initialisation and of the data.", lower_bound=0)
+    flags.DEFINE_integer("batch_size", loop["batch_size"], "Global batch size (over every process and device).",
+                         lower_bound=1)
+    flags.DEFINE_integer("epochs", loop["epochs"], "Epochs.", lower_bound=1)
+    flags.DEFINE_integer("steps_per_epoch", loop["steps_per_epoch"], "Batches per epoch.", lower_bound=1)
+    flags.DEFINE_float("learning_rate", loop["learning_rate"], "Adam learning rate.", lower_bound=0.0)
+    flags.DEFINE_integer("plateau_patience", loop["plateau_patience"], "Epochs without validation-loss improvement "
+                         "before the learning rate is halved.", lower_bound=1)
+    flags.DEFINE_float("plateau_factor", loop["plateau_factor"], "Learning-rate factor on a plateau.", lower_bound=0.0,
+                       upper_bound=1.0)
+    flags.DEFINE_float("grad_clip_norm", loop["grad_clip_norm"], "Gradients rescaled to at most this global norm "
+                       "before the optimiser (0: off); see mantra_jax.train.loop.training_optimizer.", lower_bound=0.0)
+    flags.DEFINE_enum("precision", loop["precision"], config_lib.PRECISIONS,
+                      "Computation dtype (parameters stay float32).")
     flags.DEFINE_integer("workers", 0, "grain worker processes for the training data (0: in process).", lower_bound=0)
-    flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint interval in steps (and at every epoch end).", lower_bound=1)
-    flags.DEFINE_integer("keep", 3, "Checkpoints kept besides the best one.", lower_bound=1)
-    flags.DEFINE_integer("log_every", 50, "Steps between progress lines.", lower_bound=1)
-    flags.DEFINE_float("max_seconds", 0, "Wall seconds after which no new step starts (from the start of training, "
-                       "compilation included); the run then validates and writes its report, and the same "
-                       "command resumes it. 0: no limit.", lower_bound=0)
+    flags.DEFINE_integer("checkpoint_every", loop["checkpoint_every"], "Checkpoint interval in steps (and at every "
+                         "epoch end).", lower_bound=1)
+    flags.DEFINE_integer("keep", loop["keep"], "Checkpoints kept besides the best one.", lower_bound=1)
+    flags.DEFINE_integer("log_every", loop["log_every"], "Steps between progress lines.", lower_bound=1)
+    flags.DEFINE_float("max_seconds", loop["max_seconds"] or 0, "Wall seconds after which no new step starts (from "
+                       "the start of training, compilation included); the run then validates and writes its report, "
+                       "and the same command resumes it. 0: no limit.", lower_bound=0)
     flags.DEFINE_integer("val_samples", 3800, "Samples in the fixed validation set.", lower_bound=1)
     flags.DEFINE_integer("val_batch_size", 64, "Validation batch size (global).", lower_bound=1)
     flags.DEFINE_enum("backbone", "released", list(config_lib.BACKBONES), "Featex widths/depth (Tables 2 and 5).")
@@ -164,29 +173,3 @@ def print_table(header, rows, title: str = ""):
     lines += ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     print("\n".join(lines), flush=True)
-
-
-def settings_from_checkpoint(checkpoint, asked: dict, trainer_flags: dict, defaults: dict) -> tuple[dict, list]:
-    """Defaults a checkpoint knows come from it: each setting of `asked` left None takes the value
-    of the trainer's flag `trainer_flags[name]` in the checkpoint's flags.txt (converted to the
-    default's type), else `defaults[name]`. Returns (settings, names taken from the checkpoint).
-    A photo folder taken from the checkpoint that is not a folder here is an error."""
-    from mantra_jax import provenance
-
-    trained = provenance.read_run_flags(checkpoint)
-    where = Path(checkpoint) / provenance.RUN_FLAGS_FILE
-    settings, taken = {}, []
-    for name, value in asked.items():
-        if value is None and trainer_flags[name] in trained:
-            text = trained[trainer_flags[name]]
-            try:
-                value = type(defaults[name])(text)
-            except ValueError:
-                raise ValueError(f"{where}: --{trainer_flags[name]}={text} is not a "
-                                 f"{type(defaults[name]).__name__}") from None
-            taken.append(name)
-        settings[name] = defaults[name] if value is None else value
-    if "data_dir" in taken and settings["data_dir"] and not Path(settings["data_dir"]).is_dir():
-        raise ValueError(f"{settings['data_dir']}: the photo folder the checkpoint was trained on ({where}) "
-                         "is not a folder here; pass --data_dir")
-    return settings, taken

@@ -20,20 +20,16 @@ from absl import app, flags
 
 from experiments import common
 
-
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Defines this entry point's flags (kept out of import time so tests can import the module)."""
-    fv = flag_values
-    flags.DEFINE_string("checkpoint", None, "End-to-end (ManTra-Net) checkpoint folder.", flag_values=fv)
-    flags.DEFINE_string("out", None, "Output folder.", flag_values=fv)
-    flags.DEFINE_list("formats", ["stablehlo", "onnx"], "Formats to export: stablehlo, onnx.", flag_values=fv)
-    flags.DEFINE_integer("opset", 23, "ONNX opset.", lower_bound=13, flag_values=fv)
-    flags.DEFINE_float("tolerance", 1e-4, "Largest difference of probabilities allowed by the check.",
-                       lower_bound=0.0, flag_values=fv)
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "End-to-end (ManTra-Net) checkpoint folder.")
+flags.DEFINE_string("out", None, "Output folder.")
+flags.DEFINE_list("formats", ["stablehlo", "onnx"], "Formats to export: stablehlo, onnx.")
+flags.DEFINE_integer("opset", 23, "ONNX opset.", lower_bound=13)
+flags.DEFINE_float("tolerance", 1e-4, "Largest difference of probabilities allowed by the check.", lower_bound=0.0)
 
 
 def main(argv: Sequence[str]) -> None:
-    fv = flags.FLAGS
+    fv = FLAGS
     common.start_evaluation_cli(argv, fv, ("checkpoint", "out"))
     if not fv.formats or set(fv.formats) - {"stablehlo", "onnx"}:
         raise app.UsageError(f"--formats takes stablehlo and/or onnx, got {','.join(fv.formats)}")
@@ -53,5 +49,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
     app.run(main)

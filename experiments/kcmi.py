@@ -16,48 +16,21 @@ from pathlib import Path
 from absl import app, flags
 
 from experiments import common
-
 from mantra_jax import provenance
 from mantra_jax.eval import kcmi
+from mantra_jax.nn import config
 
-
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Defines this entry point's flags (kept out of import time so tests can import the module)."""
-    fv = flag_values
-    flags.DEFINE_string("checkpoint", None, "Checkpoint folder (IMC or ManTra-Net).", flag_values=fv)
-    common.define_step_flag(fv)
-    flags.DEFINE_string("data_dir", None, "Folder with one sub-folder of photos per camera model.", flag_values=fv)
-    flags.DEFINE_string("out", None, "Output folder.", flag_values=fv)
-    flags.DEFINE_integer("k", kcmi.DEFAULT_K, "Neighbours voting.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("crop", kcmi.DEFAULT_CROP, "Side of the centre window averaged (smaller photos: whole).",
-                         lower_bound=8, flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Seed of the split into halves.", lower_bound=0, flag_values=fv)
-    flags.DEFINE_enum("metric", "cosine", list(kcmi.METRICS), "cosine (L2-normalised features) or euclidean (raw).",
-                      flag_values=fv)
-    flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Computation dtype.", flag_values=fv)
-
-
-def run(checkpoint: str, data_dir: str, out: str, *, k: int = kcmi.DEFAULT_K, crop: int = kcmi.DEFAULT_CROP,
-        seed: int = 0, metric: str = "cosine", step: provenance.StepChoice = provenance.DEFAULT_STEP,
-        precision: str = "float32", progress: bool = True) -> dict:
-    """Checks the folder, loads the checkpoint, runs the test and writes the report."""
-    from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX and Orbax only when a model is run)
-    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
-
-    kcmi.list_camera_images(data_dir)  # a bad folder fails before the model is loaded
-    predictor = Predictor.from_checkpoint(checkpoint, step=step, dtype=precision, features_only=True)
-    bar = None
-
-    def progress_fn(done, total):
-        nonlocal bar
-        bar = bar or ProgressLine(total, "kcmi features")
-        bar.update(done)
-
-    result = kcmi.run_kcmi(lambda rgb: predictor.features(kcmi.centre_crop(rgb, crop), pooled=True), data_dir, k=k,
-                           seed=seed, metric=metric, progress=progress_fn if progress else None)
-    result["run"] = dict(predictor.provenance, crop=crop, precision=precision)
-    kcmi.write_report(out, result, run=result["run"])
-    return result
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Checkpoint folder (IMC or ManTra-Net).")
+common.define_step_flag()
+flags.DEFINE_string("data_dir", None, "Folder with one sub-folder of photos per camera model.")
+flags.DEFINE_string("out", None, "Output folder.")
+flags.DEFINE_integer("k", kcmi.DEFAULT_K, "Neighbours voting.", lower_bound=1)
+flags.DEFINE_integer("crop", kcmi.DEFAULT_CROP, "Side of the centre window averaged (smaller photos: whole).",
+                     lower_bound=8)
+flags.DEFINE_integer("seed", 0, "Seed of the split into halves.", lower_bound=0)
+flags.DEFINE_enum("metric", "cosine", list(kcmi.METRICS), "cosine (L2-normalised features) or euclidean (raw).")
+flags.DEFINE_enum("precision", "float32", config.PRECISIONS, "Computation dtype.")
 
 
 def print_summary(result: dict, out: str) -> None:
@@ -73,13 +46,11 @@ def print_summary(result: dict, out: str) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    fv = flags.FLAGS
-    common.start_evaluation_cli(argv, fv, ("checkpoint", "data_dir", "out"))
-    result = run(fv.checkpoint, fv.data_dir, fv.out, k=fv.k, crop=fv.crop, seed=fv.seed, metric=fv.metric,
-                 step=fv.step, precision=fv.precision)
-    print_summary(result, fv.out)
+    common.start_evaluation_cli(argv, FLAGS, ("checkpoint", "data_dir", "out"))
+    result = kcmi.evaluate_checkpoint(FLAGS.checkpoint, FLAGS.data_dir, FLAGS.out, k=FLAGS.k, crop=FLAGS.crop,
+                                      seed=FLAGS.seed, metric=FLAGS.metric, step=FLAGS.step, precision=FLAGS.precision)
+    print_summary(result, FLAGS.out)
 
 
 if __name__ == "__main__":
-    define_flags()
     app.run(main)

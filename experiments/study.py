@@ -188,7 +188,7 @@ class CachedMaps:
 def run_coverage() -> None:
     if not FLAGS.coverage_dir:
         raise app.UsageError("--coverage_dir is required for the coverage part")
-    from experiments.evaluate import EvaluationOptions, run_evaluation
+    from mantra_jax.eval.evaluate import EvaluationOptions, run_evaluation
     from mantra_jax.eval import baselines, datasets
 
     coverage = Path(FLAGS.coverage_dir)

@@ -1,6 +1,6 @@
 """Imports the authors' released Keras weights (ManTraNet_Ptrain{0..4}.h5) into a mantra_jax checkpoint.
 
-    python -m mantra_jax.convert --h5 ManTraNet_Ptrain4.h5 --out DIR [--variant Ptrain4] [--force]
+    python -m experiments.convert --h5 ManTraNet_Ptrain4.h5 --out DIR [--variant Ptrain4] [--force]
 
 The file is read with h5py (no Keras, no TensorFlow). Both layouts Keras 2.2 writes are accepted:
 `save_weights` (one group per layer at the root, listed by the root attribute `layer_names`) and a
@@ -27,14 +27,12 @@ the network (mantra_jax.nn.layers.srm_kernels), not stored in the file, and not 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -401,33 +399,3 @@ def convert(h5_path, out_dir, *, variant: Optional[str] = None, force: bool = Fa
     }
     checkpoint.save_model(out_dir, cfg, variables, meta)
     return recognition, cfg, variables
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mantra_jax.convert",
-        description="Import the authors' Keras weights (ManTraNet_Ptrain{0..4}.h5) into a mantra_jax checkpoint.")
-    parser.add_argument("--h5", required=True, help="the Keras HDF5 file (weights or full model)")
-    parser.add_argument("--out", required=True, help="checkpoint directory to write")
-    parser.add_argument("--variant", choices=VARIANTS, default=None,
-                        help="which release the file is; needed only where the file cannot tell "
-                             "(default: model_config, then file name, then Ptrain4 / Ptrain1 by width)")
-    parser.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
-    args = parser.parse_args(argv)
-    try:
-        recognition, cfg, variables = convert(args.h5, args.out, variant=args.variant, force=args.force)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for warning in recognition.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    total, _ = model_lib.count_params(variables)
-    print(f"read {args.h5}: {recognition.variant} ({recognition.reason}); "
-          f"first layer {cfg.first_width} channels, windows {list(cfg.windows)}, transform "
-          f"{cfg.transform_activation or 'linear'}; {total:,} values")
-    print(f"wrote checkpoint to {Path(args.out).absolute()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

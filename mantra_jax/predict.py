@@ -1,4 +1,4 @@
-"""Forgery localisation with a trained or converted ManTra-Net checkpoint, from Python or the shell.
+"""Forgery localisation with a trained or converted ManTra-Net checkpoint.
 
 From Python (e.g. a notebook), load once and predict many times:
 
@@ -8,9 +8,9 @@ From Python (e.g. a notebook), load once and predict many times:
     prob_NxHxW = predictor.predict_batch(rgb_uint8_NxHxWx3, batch_size=8)  # equal-sized images
     feat_C = predictor.features(rgb_uint8_HxWx3, pooled=True)  # mean Featex features
 
-From the shell:
+`predict_folder`, the command line (experiments/predict.py)
 
-    python -m mantra_jax.predict --checkpoint DIR --out OUTDIR [--step best] [--npy] IMAGE_OR_FOLDER...
+    python -m experiments.predict --checkpoint DIR --out OUTDIR [--step best] [--npy] IMAGE_OR_FOLDER...
 
 writes for each image OUTDIR/<output>_mask.png (round(255 p), 8-bit grey), OUTDIR/<output>_overlay.png
 (a JET heat map blended over the photo), with --npy OUTDIR/<output>.npy (float32 H x W), and one row
@@ -20,9 +20,9 @@ score), seconds (reading and predicting; the first image of each new size includ
 note (e.g. that an animated GIF or a multi-page TIFF was read as its first frame). Folders are
 searched recursively; files inside OUTDIR are never inputs (earlier outputs), and a run whose
 images all lie there says so. A file that cannot be read or predicted (or a symbolic link loop) is
-reported on stderr, listed in OUTDIR/skipped.csv with the reason, and skipped; the exit status is 1
-when no image at all was processed, 2 for a user error (an unusable checkpoint, an --out that is a
-file, a bad flag value), reported in one line. OUTDIR/run.json records the checkpoint
+reported on stderr, listed in OUTDIR/skipped.csv with the reason, and skipped; `predict_folder`
+returns 1 (the command's exit status) when no image at all was processed and raises UserError
+(exit status 2, one line) for an unusable checkpoint or an --out that is a file. OUTDIR/run.json records the checkpoint
 step read (--step best | latest | N) and why, the model configuration and the command line
 (mantra_jax.provenance).
 
@@ -33,7 +33,6 @@ memory. `tile` forces tiling at a given tile size.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import json
@@ -230,7 +229,7 @@ def write_png(path, image) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Command line
+# Folders of images (the command line: experiments/predict.py)
 # --------------------------------------------------------------------------------------------
 _LINK_LOOP = "a symbolic link loop (or a link that cannot be resolved), not an image"
 
@@ -277,91 +276,44 @@ def _unique_stem(stem: str, used: set) -> str:
     return name
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mantra_jax.predict",
-        description="ManTra-Net forgery localisation: a probability mask, an overlay and an image "
-        "score for each image.",
-    )
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders (recursive)")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (trained or converted)")
-    parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--step", type=provenance.parse_step, default=provenance.DEFAULT_STEP,
-                        help=provenance.STEP_HELP + " (default: %(default)s)")
-    parser.add_argument("--npy", action="store_true", help="also write <stem>.npy, float32 H x W probabilities")
-    parser.add_argument("--tile", type=_positive_int, default=None,
-                        help="tile every image with this interior size in pixels (default: tile only "
-                        f"images above --max_untiled_pixels, at {tiled.DEFAULT_TILE})")
-    parser.add_argument("--max_untiled_pixels", type=_nonnegative_int, default=DEFAULT_MAX_UNTILED_PIXELS,
-                        help="larger images are processed tile by tile, and so are smaller ones whose "
-                        "whole-image pass would not fit the free memory (default %(default)s)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="computation dtype of the convolutions")
-    parser.add_argument("--max_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
-                        help="refuse images with more pixels (decompression bombs; default %(default)s)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
-    out = Path(args.out)
+def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.StepChoice = provenance.DEFAULT_STEP,
+                   precision: str = "float32", tile: Optional[int] = None,
+                   max_untiled_pixels: int = DEFAULT_MAX_UNTILED_PIXELS, npy: bool = False,
+                   max_pixels: int = images.DEFAULT_MAX_PIXELS) -> int:
+    """Predicts every image of `inputs` (files or folders) into the folder `out` (see the module
+    docstring for what is written). Returns 0 when at least one image was processed, else 1;
+    raises UserError for an `out` that is a file or in use and for an unusable checkpoint."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: give a folder for the outputs")
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        with workdir.lock(out, what="predict run"):  # a second run writing this folder is refused
-            return _predict_into(args, out)
-    except workdir.Locked as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _predict_into(args, out: Path) -> int:
-    files, skipped, any_folder, n_excluded = collect_inputs(args.inputs, exclude=out)
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    if n_excluded:
-        print(f"{n_excluded} image(s) left out because they lie in the output folder {out} (earlier outputs are "
-              "never inputs)", file=sys.stderr)
-    if not files:
+    with workdir.lock(out, what="predict run"):  # a second run writing this folder is refused
+        files, skipped, any_folder, n_excluded = collect_inputs(inputs, exclude=out)
+        for path, reason in skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
         if n_excluded:
-            print(f"no image to process: every image found lies in the output folder {out}; give another --out",
-                  file=sys.stderr)
-        else:
-            print("no image to process", file=sys.stderr)
-        _write_skipped(out, skipped)
-        return 1
-    from mantra_jax.train.checkpoint import CheckpointError
+            print(f"{n_excluded} image(s) left out because they lie in the output folder {out} (earlier outputs "
+                  "are never inputs)", file=sys.stderr)
+        if not files:
+            if n_excluded:
+                print(f"no image to process: every image found lies in the output folder {out}; give another "
+                      "--out", file=sys.stderr)
+            else:
+                print("no image to process", file=sys.stderr)
+            _write_skipped(out, skipped)
+            return 1
+        from mantra_jax.train.checkpoint import CheckpointError
 
-    try:
-        predictor = Predictor.from_checkpoint(
-            args.checkpoint, step=args.step, dtype=args.dtype, tile=args.tile,
-            max_untiled_pixels=args.max_untiled_pixels
-        )
-    except (CheckpointError, ValueError) as e:
-        raise UserError(f"cannot use the checkpoint {args.checkpoint}: {e}") from e
+        try:
+            predictor = Predictor.from_checkpoint(checkpoint, step=step, dtype=precision, tile=tile,
+                                                  max_untiled_pixels=max_untiled_pixels)
+        except (CheckpointError, ValueError) as e:
+            raise UserError(f"cannot use the checkpoint {checkpoint}: {e}") from e
+        return _predict_into(predictor, files, skipped, any_folder, out, npy=npy, max_pixels=max_pixels)
+
+
+def _predict_into(predictor: Predictor, files, skipped, any_folder: bool, out: Path, *, npy: bool,
+                  max_pixels: int) -> int:
     print(provenance.describe(predictor.provenance), file=sys.stderr)
     (out / "run.json").write_text(json.dumps(predictor.provenance, indent=1))
     progress = ProgressLine(len(files), "predict", min_interval_s=0.0) if any_folder or len(files) > 1 else None
@@ -373,7 +325,7 @@ def _predict_into(args, out: Path) -> int:
         for i, path in enumerate(files, start=1):
             start = time.perf_counter()
             try:
-                rgb, prob = predictor.predict_file(path, max_pixels=args.max_pixels)
+                rgb, prob = predictor.predict_file(path, max_pixels=max_pixels)
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
                 reason = str(e) if isinstance(e, images.ImageReadError) else f"{type(e).__name__}: {e}"
                 (progress.message if progress is not None else lambda t: print(t, file=sys.stderr))(
@@ -384,7 +336,7 @@ def _predict_into(args, out: Path) -> int:
                 stem = _unique_stem(path.stem, used_stems)
                 write_png(out / f"{stem}_mask.png", mask_image(prob))
                 write_png(out / f"{stem}_overlay.png", overlay_image(rgb, prob))
-                if args.npy:
+                if npy:
                     np.save(out / f"{stem}.npy", prob.astype(np.float32), allow_pickle=False)
                 note = images.file_frames_note(path)
                 if note:
@@ -412,6 +364,3 @@ def _write_skipped(out: Path, skipped):
         writer.writerow(("file", "error"))
         writer.writerows(skipped)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

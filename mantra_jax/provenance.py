@@ -1,7 +1,7 @@
 """Where a report's numbers come from, and the one step choice of every checkpoint-reading command.
 
 Every command that reads a checkpoint (experiments.evaluate, evaluate_imc, kcmi, sensitivity and
-mantra_jax.predict) takes ``--step``: ``best`` (the default: the step with the lowest validation
+experiments.predict) takes ``--step``: ``best`` (the default: the step with the lowest validation
 loss the trainer recorded), ``latest``, or a step number. Every report records, from
 `checkpoint_record`:
 
@@ -116,3 +116,27 @@ def read_run_flags(directory) -> dict[str, str]:
             name, _, value = line[2:].partition("=")
             flags[name] = value
     return flags
+
+
+def settings_from_checkpoint(checkpoint, asked: dict, trainer_flags: dict, defaults: dict) -> tuple[dict, list]:
+    """Defaults a checkpoint knows come from it: each setting of `asked` left None takes the value
+    of the trainer's flag `trainer_flags[name]` in the checkpoint's flags.txt (converted to the
+    default's type), else `defaults[name]`. Returns (settings, names taken from the checkpoint).
+    A photo folder taken from the checkpoint that is not a folder here is an error."""
+    trained = read_run_flags(checkpoint)
+    where = Path(checkpoint) / RUN_FLAGS_FILE
+    settings, taken = {}, []
+    for name, value in asked.items():
+        if value is None and trainer_flags[name] in trained:
+            text = trained[trainer_flags[name]]
+            try:
+                value = type(defaults[name])(text)
+            except ValueError:
+                raise ValueError(f"{where}: --{trainer_flags[name]}={text} is not a "
+                                 f"{type(defaults[name]).__name__}") from None
+            taken.append(name)
+        settings[name] = defaults[name] if value is None else value
+    if "data_dir" in taken and settings["data_dir"] and not Path(settings["data_dir"]).is_dir():
+        raise ValueError(f"{settings['data_dir']}: the photo folder the checkpoint was trained on ({where}) "
+                         "is not a folder here; pass --data_dir")
+    return settings, taken

@@ -1,6 +1,6 @@
 """Folders that belong to one run: a lock against a second writer, and a trainer's run record.
 
-`lock(folder)` (the trainers' work directories, the output folders of `mantra_jax.predict` and
+`lock(folder)` (the trainers' work directories, the output folders of `experiments.predict` and
 `experiments.evaluate`): the file `.lock` names the holder (host, pid, start time, command). It is
 created atomically (written aside, then hard-linked into place), so a second run that finds it
 is refused with a message naming the holder. A lock is stale, and is replaced with a warning,

@@ -1,4 +1,5 @@
-"""Tests for experiments/evaluate.py with fake predictors on a tiny synthetic benchmark."""
+"""Benchmark evaluation (mantra_jax/eval/evaluate.py, experiments/evaluate.py) with fake predictors on a tiny
+synthetic benchmark."""
 import csv
 import json
 import subprocess
@@ -9,11 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from absl import flags
 
-from experiments import evaluate
 from mantra_jax import provenance
-from mantra_jax.eval import datasets
+from mantra_jax.errors import UserError
+from mantra_jax.eval import datasets, evaluate
 
 HEIGHT, WIDTH = 32, 48
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def test_recompute_from_stats_matches_and_changes_only_the_scoring(bench, tmp_pa
     assert flipped["f1_at_0.5_mean"] == 1.0 and flipped["run"]["recomputed_from"] == str(tmp_path / "first")
 
 
-def test_flags_drive_the_model_path_with_a_fake_predictor(bench, tmp_path, monkeypatch):
+def test_the_model_path_with_a_fake_predictor(bench, tmp_path, monkeypatch):
     loaded = {}
 
     class FakePredictor:
@@ -151,12 +151,10 @@ def test_flags_drive_the_model_path_with_a_fake_predictor(bench, tmp_path, monke
             return perfect(rgb)
 
     monkeypatch.setitem(sys.modules, "mantra_jax.predict", types.SimpleNamespace(Predictor=FakePredictor))
-    fv = flags.FlagValues()
-    evaluate.define_flags(fv)
-    fv(["evaluate", "--checkpoint=/ckpt", f"--images={bench / 'images'}", f"--masks={bench / 'masks'}",
-        f"--authentic={bench / 'authentic'}", f"--out={tmp_path / 'out'}", "--nonegate_rule", "--bins=256",
-        "--n_panels=1", "--step=7"])
-    summary = evaluate.evaluate_from_flags(fv)
+    summary = evaluate.evaluate_checkpoint(
+        "/ckpt", bench / "images", bench / "masks", tmp_path / "out",
+        evaluate.EvaluationOptions(negate_rule=False, bins=256, n_panels=1), authentic=bench / "authentic", step=7,
+        progress=False)
     assert loaded == {"path": "/ckpt", "step": 7}
     assert summary["pixel_auc_mean"] == 1.0 and summary["negate_rule"] is False and summary["bins"] == 256
     assert summary["run"]["checkpoint"] == "/ckpt" and summary["image_auc"] == 1.0
@@ -186,13 +184,6 @@ def test_command_line_recomputes_from_stats(bench, tmp_path):
 # --------------------------------------------------------------------------------------------
 # User errors: one line, no traceback; Orbax quiet; first frames noted
 # --------------------------------------------------------------------------------------------
-def _flags(*args):
-    fv = flags.FlagValues()
-    evaluate.define_flags(fv)
-    fv(["evaluate", *args])
-    return fv
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """A tiny checkpoint, an IMC one, one whose configuration and weights disagree, an empty folder."""
@@ -215,25 +206,23 @@ def checkpoints(tmp_path_factory):
 def test_user_errors_name_the_problem(bench, tmp_path, checkpoints):
     (tmp_path / "empty").mkdir()
     (tmp_path / "a_file").write_text("keep me")
-    good = [f"--images={bench / 'images'}", f"--masks={bench / 'masks'}", f"--out={tmp_path / 'out'}"]
-    cases = {
-        "masks folder .*empty holds no files": [f"--checkpoint={checkpoints / 'tiny'}", f"--images={bench / 'images'}",
-                                                f"--masks={tmp_path / 'empty'}", f"--out={tmp_path / 'out'}"],
-        "masks folder .*nowhere does not exist": [f"--checkpoint={checkpoints / 'tiny'}",
-                                                  f"--images={bench / 'images'}", f"--masks={tmp_path / 'nowhere'}",
-                                                  f"--out={tmp_path / 'out'}"],
-        "cannot use the checkpoint .*empty: .*not a mantra_jax checkpoint": [f"--checkpoint={checkpoints / 'empty'}",
-                                                                             *good],
-        "cannot use the checkpoint .*imc: .*'imc' head": [f"--checkpoint={checkpoints / 'imc'}", *good],
-        "cannot use the checkpoint .*mixed: ": [f"--checkpoint={checkpoints / 'mixed'}", *good],
-        "--out .*a_file is a file, not a folder": [f"--checkpoint={checkpoints / 'tiny'}", *good[:2],
-                                                   f"--out={tmp_path / 'a_file'}"],
-        "--from_stats .*nowhere is not a folder": [f"--from_stats={tmp_path / 'nowhere'}", f"--out={tmp_path / 'o'}"],
-        "stats.npz does not exist": [f"--from_stats={tmp_path / 'empty'}", f"--out={tmp_path / 'o'}"],
-    }
-    for message, args in cases.items():
-        with pytest.raises(evaluate.UserError, match=message):
-            evaluate.evaluate_from_flags(_flags(*args))
+    images, masks, out = bench / "images", bench / "masks", tmp_path / "out"
+    tiny = checkpoints / "tiny"
+    score, rescore = evaluate.evaluate_checkpoint, evaluate.recompute_from_stats
+    cases = [
+        ("masks folder .*empty holds no files", score, (tiny, images, tmp_path / "empty", out)),
+        ("masks folder .*nowhere does not exist", score, (tiny, images, tmp_path / "nowhere", out)),
+        ("cannot use the checkpoint .*empty: .*not a mantra_jax checkpoint",
+         score, (checkpoints / "empty", images, masks, out)),
+        ("cannot use the checkpoint .*imc: .*'imc' head", score, (checkpoints / "imc", images, masks, out)),
+        ("cannot use the checkpoint .*mixed: ", score, (checkpoints / "mixed", images, masks, out)),
+        ("--out .*a_file is a file, not a folder", score, (tiny, images, masks, tmp_path / "a_file")),
+        ("--from_stats .*nowhere is not a folder", rescore, (tmp_path / "nowhere", tmp_path / "o")),
+        ("stats.npz does not exist", rescore, (tmp_path / "empty", tmp_path / "o")),
+    ]
+    for message, function, args in cases:
+        with pytest.raises(UserError, match=message):
+            function(*args)
     assert (tmp_path / "a_file").read_text() == "keep me" and not (tmp_path / "out").exists()
 
 

@@ -1,11 +1,14 @@
 """IMC evaluation of a saved checkpoint (experiments/evaluate_imc.py, mantra_jax/eval/imc_eval.py)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from experiments import evaluate_imc
 from mantra_jax.data import imc_pipeline, photos
 from mantra_jax.eval import imc_eval
 from mantra_jax.imc import taxonomy
@@ -15,6 +18,7 @@ from mantra_jax.train import checkpoint
 from mantra_jax.train import imc as imc_task
 from tests.helpers import random_variables, write_photo_folder
 
+ROOT = Path(__file__).resolve().parents[1]
 LEVEL = 1
 PATCH, CROP, SAMPLES, BATCH = 64, 32, 10, 4  # 10 samples in batches of 4: the last one is padded
 MODEL = config.make_config(width_scale=0.125, backbone="baseline", head="imc",
@@ -55,8 +59,8 @@ def test_cli_report_matches_a_plain_forward_pass(saved_model, folder, tmp_path, 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     directory, variables = saved_model
     out = tmp_path / "out"
-    report = evaluate_imc.run(str(directory), str(folder), str(out), split="test", samples=SAMPLES,
-                              batch_size=BATCH, patch=PATCH, crop=CROP, progress=False)
+    report = imc_eval.evaluate_checkpoint(str(directory), str(folder), str(out), split="test", samples=SAMPLES,
+                                          batch_size=BATCH, patch=PATCH, crop=CROP, progress=False)
     assert set(report["levels"]) == {"0", "1"}
     assert report["n_samples"] == SAMPLES  # the padded sample of the last batch does not count
     assert report["run"]["split"] == "test"
@@ -96,8 +100,8 @@ def test_non_imc_models_are_refused_with_the_checkpoint_named():
 def test_cli_refuses_a_mantranet_checkpoint_before_reading_photos(tmp_path):
     checkpoint.write_model_config(tmp_path / "ladn", config.make_config(width_scale=0.125))
     with pytest.raises(imc_eval.NotAnImcModel, match="not an IMC model"):
-        evaluate_imc.run(str(tmp_path / "ladn"), str(tmp_path / "missing_photos"), str(tmp_path / "out"),
-                         progress=False)
+        imc_eval.evaluate_checkpoint(str(tmp_path / "ladn"), str(tmp_path / "missing_photos"), str(tmp_path / "out"),
+                                     progress=False)
 
 
 def test_empty_split_is_a_clear_error(saved_model, tmp_path):
@@ -112,18 +116,23 @@ def test_empty_photo_folder_is_named(saved_model, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty: no image file found"):
-        evaluate_imc.run(str(saved_model[0]), str(tmp_path / "empty"), str(tmp_path / "out"), progress=False)
+        imc_eval.evaluate_checkpoint(str(saved_model[0]), str(tmp_path / "empty"), str(tmp_path / "out"),
+                                     progress=False)
 
 
 def test_defaults_the_checkpoint_knows_come_from_it_and_the_report_says_what_was_used(
-        saved_model, folder, tmp_path, monkeypatch, capsys):
+        saved_model, folder, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     directory = tmp_path / "run"
     checkpoint.save_model(directory, MODEL, saved_model[1])
     # What experiments/common.py write_flags leaves in a trainer's work directory.
     (directory / "flags.txt").write_text(f"--crop={CROP}\n--val_samples=6\n--data_dir={folder}\n--level={LEVEL}\n")
-    report = evaluate_imc.run(str(directory), None, str(tmp_path / "out"), patch=PATCH, batch_size=BATCH,
-                              progress=False)
+    done = subprocess.run([sys.executable, "-m", "experiments.evaluate_imc", f"--checkpoint={directory}",
+                           f"--out={tmp_path / 'out'}", f"--patch={PATCH}", f"--batch_size={BATCH}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "imc_report.json").read_text())
     run = report["run"]
     assert (run["crop"], run["samples"], run["data_dir"]) == (CROP, 6, str(folder))
     assert run["settings_from_checkpoint"] == ["crop", "samples", "data_dir"] and report["n_samples"] == 6
@@ -132,13 +141,12 @@ def test_defaults_the_checkpoint_knows_come_from_it_and_the_report_says_what_was
     assert run["step"] == 0 and run["step_reason"] == provenance.LATEST_NO_VALIDATION
     assert run["model_config"] == config.to_dict(MODEL) and "python" in run["command"]
     # A flag wins over the checkpoint.
-    override = evaluate_imc.run(str(directory), str(folder), str(tmp_path / "out2"), patch=PATCH, crop=16,
-                                samples=4, batch_size=BATCH, progress=False)["run"]
+    override = imc_eval.evaluate_checkpoint(str(directory), str(folder), str(tmp_path / "out2"), patch=PATCH,
+                                            crop=16, samples=4, batch_size=BATCH, progress=False)["run"]
     assert (override["crop"], override["samples"], override["settings_from_checkpoint"]) == (16, 4, [])
     assert (override["n_photos_used"], override["n_patches_used"]) == (2, 2)
 
-    evaluate_imc.print_summary(report, str(tmp_path / "out"))
-    out = capsys.readouterr().out
+    out = done.stdout
     assert "6 samples from 2 patches of 2 photos" in out and f"crop {CROP}" in out
     assert "| 1 | IMC-25 | 27 |" in out and taxonomy.LEVEL_NAMES_NOTE in out
 
@@ -148,7 +156,7 @@ def test_checkpoint_photo_folder_that_is_not_here_is_named(saved_model, tmp_path
     checkpoint.save_model(directory, MODEL, saved_model[1])
     (directory / "flags.txt").write_text("--data_dir=/nowhere/dresden\n")
     with pytest.raises(ValueError, match=r"/nowhere/dresden: the photo folder the checkpoint was trained on .*--data_dir"):
-        evaluate_imc.run(str(directory), None, str(tmp_path / "out"), progress=False)
+        imc_eval.evaluate_checkpoint(str(directory), None, str(tmp_path / "out"), progress=False)
 
 
 def test_report_tables_say_why_level_names_and_class_counts_differ(tmp_path):

@@ -1,12 +1,15 @@
 """The KCMI camera-model feature test (mantra_jax/eval/kcmi.py, experiments/kcmi.py)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import kcmi as kcmi_cli
 from mantra_jax import provenance
 from mantra_jax.eval import kcmi
 from mantra_jax.nn import config, featex, model
@@ -14,6 +17,7 @@ from mantra_jax.predict import Predictor
 from mantra_jax.train import checkpoint
 from tests.helpers import random_variables
 
+ROOT = Path(__file__).resolve().parents[1]
 CAMERAS = ("canon", "nikon", "sony")
 MODEL = config.make_config(width_scale=0.125, backbone="baseline", head="imc", num_classes=7)
 
@@ -171,14 +175,17 @@ def test_featex_features_average_the_centre_crop():
     assert feature(rgb).shape == (MODEL.feature_dim,)
 
 
-def test_cli_on_a_saved_checkpoint(tmp_path, capsys):
+def test_command_line_on_a_saved_checkpoint(tmp_path):
     checkpoint.save_model(tmp_path / "ckpt", MODEL, random_variables(MODEL, 0))
     root = camera_folder(tmp_path / "cams", per_camera=2, size=(20, 20))
-    result = kcmi_cli.run(str(tmp_path / "ckpt"), str(root), str(tmp_path / "out"), k=7, crop=16, step="latest",
-                          progress=False)
-    assert result["n_test"] == 3 and 0.0 <= result["accuracy"] <= 1.0
-    assert result["feature_dim"] == MODEL.feature_dim
+    done = subprocess.run([sys.executable, "-m", "experiments.kcmi", f"--checkpoint={tmp_path / 'ckpt'}",
+                           f"--data_dir={root}", f"--out={tmp_path / 'out'}", "--k=7", "--crop=16", "--step=latest"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "kcmi_report.json").read_text())
+    assert report["n_test"] == 3 and 0.0 <= report["accuracy"] <= 1.0
+    assert report["feature_dim"] == MODEL.feature_dim
     assert report["run"]["crop"] == 16 and report["images"][0] == "canon/img0.png"
     # The report says which step it scored and why, with the model and the command line.
     run = report["run"]
@@ -186,13 +193,12 @@ def test_cli_on_a_saved_checkpoint(tmp_path, capsys):
     assert run["step_choice"] == "latest" and run["step_reason"] == provenance.LATEST
     assert run["model_config"] == config.to_dict(MODEL) and run["command"]
     assert "step 0 (latest)" in (tmp_path / "out" / "kcmi_report.md").read_text()
-    kcmi_cli.print_summary(result, str(tmp_path / "out"))
-    table = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    table = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ")]
     assert [cell.strip() for cell in table[0]] == ["camera", "photos", "fitted", "scored", "accuracy %"]
     assert [row[0].strip() for row in table[1:]] == list(CAMERAS)
 
 
 def test_cli_checks_the_folder_before_loading_the_model(tmp_path):
     with pytest.raises(kcmi.KcmiDataError, match="only one camera model"):
-        kcmi_cli.run(str(tmp_path / "no_checkpoint"), str(camera_folder(tmp_path / "c", cameras=("a",))),
-                     str(tmp_path / "out"), progress=False)
+        kcmi.evaluate_checkpoint(str(tmp_path / "no_checkpoint"), str(camera_folder(tmp_path / "c", cameras=("a",))),
+                                 str(tmp_path / "out"), progress=False)

@@ -1,6 +1,8 @@
 """Inference from Python and from the command line, on a tiny random-weight checkpoint."""
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -9,9 +11,11 @@ import numpy as np
 import pytest
 
 from mantra_jax import predict
+from mantra_jax.errors import UserError
 from mantra_jax.nn import config, featex, model, tiled
 from mantra_jax.train import checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = config.make_config(width_scale=0.125, windows=(7, 15))
 SHAPE = (40, 52)  # every CLI test image has this size, so the CLI compiles once
 
@@ -196,9 +200,9 @@ def folder(tmp_path_factory):
     return root
 
 
-def test_cli_on_a_folder(folder, ckpt, predictor, tmp_path, capsys):
+def test_folder_prediction(folder, ckpt, predictor, tmp_path, capsys):
     out = tmp_path / "out"
-    status = predict.main(["--checkpoint", str(ckpt), "--out", str(out), "--step", "latest", "--npy", str(folder)])
+    status = predict.predict_folder(ckpt, [str(folder)], out, step="latest", npy=True)
     assert status == 0
     err = capsys.readouterr().err
     assert "broken.png" in err and "skipped" in err
@@ -233,10 +237,10 @@ def test_cli_on_a_folder(folder, ckpt, predictor, tmp_path, capsys):
     np.testing.assert_array_equal(np.load(out / "alpha.npy"), np.load(out / "colour.npy"))
 
 
-def test_cli_refuses_a_decompression_bomb_and_reports_nothing_processed(folder, ckpt, tmp_path, capsys):
+def test_a_decompression_bomb_is_refused_and_nothing_processed_reported(folder, ckpt, tmp_path, capsys):
     out = tmp_path / "out"
-    status = predict.main(["--checkpoint", str(ckpt), "--out", str(out), "--max_pixels", "100",
-                           str(folder / "colour.png"), str(tmp_path / "missing.png")])
+    status = predict.predict_folder(ckpt, [str(folder / "colour.png"), str(tmp_path / "missing.png")], out,
+                                    max_pixels=100)
     assert status == 1
     err = capsys.readouterr().err
     assert "decompression bomb" in err and "missing.png" in err
@@ -245,57 +249,51 @@ def test_cli_refuses_a_decompression_bomb_and_reports_nothing_processed(folder, 
         assert list(csv.reader(f)) == [list(predict.SUMMARY_FIELDS)]
 
 
-def test_cli_names_an_unusable_checkpoint(folder, tmp_path, capsys):
-    status = predict.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "out"), str(folder / "colour.png")])
-    assert status == 2
-    assert "not a mantra_jax checkpoint" in capsys.readouterr().err
+def test_an_unusable_checkpoint_is_named(folder, tmp_path):
+    with pytest.raises(UserError, match=f"cannot use the checkpoint {tmp_path}: .*not a mantra_jax checkpoint"):
+        predict.predict_folder(tmp_path, [str(folder / "colour.png")], tmp_path / "out")
 
 
-def test_module_entry_point_runs():
-    import pathlib
-    import subprocess
-    import sys
+def _command(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.predict", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
 
-    root = pathlib.Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "mantra_jax.predict", "--help"], capture_output=True, text=True, cwd=root)
-    assert done.returncode == 0 and "--checkpoint" in done.stdout and "--npy" in done.stdout
+
+def test_command_line_help_and_errors(folder, ckpt, tmp_path):
+    done = _command("--help")
+    assert "--checkpoint" in done.stdout and "--npy" in done.stdout and "--precision" in done.stdout
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    done = _command("--checkpoint", ckpt, "--out", a_file, folder / "colour.png")  # one line, no traceback
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: --out {a_file} is a file, not a folder: give a folder for the outputs"
+    assert a_file.read_text() == "not a folder"
+    done = _command("--checkpoint", ckpt, "--out", tmp_path / "o", "--tile", "0", folder / "colour.png")
+    assert done.returncode != 0 and "flag --tile=0" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def _cli(args, capsys):
-    status = predict.main(args)
+    status = predict.predict_folder(*args)
     return status, capsys.readouterr().err
 
 
-def test_cli_user_errors_are_one_line_without_traceback(folder, ckpt, tmp_path, capsys):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("not a folder")
-    status, err = _cli(["--checkpoint", str(ckpt), "--out", str(a_file), str(folder / "colour.png")], capsys)
-    assert status == 2 and err.strip() == f"error: --out {a_file} is a file, not a folder: give a folder for the outputs"
-    assert a_file.read_text() == "not a folder"
-    with pytest.raises(SystemExit) as exit_info:
-        predict.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--tile", "0", str(folder / "colour.png")])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "argument --tile: must be a positive number of pixels, got 0" in err
-    assert "checkpoint" not in err.splitlines()[-1]
-
-
-def test_cli_says_the_images_lie_in_the_output_folder(ckpt, tmp_path, capsys):
+def test_images_in_the_output_folder_are_left_out_and_said_so(ckpt, tmp_path, capsys):
     _write(tmp_path / "photo.png", _photo()[..., ::-1])
-    status, err = _cli(["--checkpoint", str(ckpt), "--out", str(tmp_path), str(tmp_path)], capsys)
+    status, err = _cli([ckpt, [str(tmp_path)], tmp_path], capsys)
     assert status == 1
     assert "1 image(s) left out because they lie in the output folder" in err
     assert "every image found lies in the output folder" in err and "another --out" in err
 
 
-def test_cli_skips_a_symbolic_link_loop_and_processes_the_rest(ckpt, tmp_path, capsys):
+def test_a_symbolic_link_loop_is_skipped_and_the_rest_processed(ckpt, tmp_path, capsys):
     images_dir = tmp_path / "in"
     images_dir.mkdir()
     _write(images_dir / "photo.png", _photo()[..., ::-1])
     (images_dir / "loop1.png").symlink_to("loop2.png")
     (images_dir / "loop2.png").symlink_to("loop1.png")
     out = tmp_path / "out"
-    status, err = _cli(["--checkpoint", str(ckpt), "--out", str(out), str(images_dir), str(images_dir / "loop1.png")],
-                       capsys)
+    status, err = _cli([ckpt, [str(images_dir), str(images_dir / "loop1.png")], out], capsys)
     assert status == 0 and "Traceback" not in err
     with open(out / "summary.csv", newline="") as f:
         assert [r["output"] for r in csv.DictReader(f)] == ["photo"]
@@ -305,7 +303,7 @@ def test_cli_skips_a_symbolic_link_loop_and_processes_the_rest(ckpt, tmp_path, c
     assert all("symbolic link loop" in reason for reason in skipped.values())
 
 
-def test_cli_names_outputs_and_notes_first_frames(ckpt, tmp_path, capsys):
+def test_outputs_are_named_and_first_frames_noted(ckpt, tmp_path, capsys):
     from PIL import Image
 
     frames = [Image.fromarray(_photo(seed=s)) for s in range(3)]
@@ -316,7 +314,7 @@ def test_cli_names_outputs_and_notes_first_frames(ckpt, tmp_path, capsys):
     frames[0].save(tmp_path / "sub" / "single.png")
     out = tmp_path / "out"
     inputs = [str(tmp_path / n) for n in ("anim.gif", "pages.tif", "single.tif", "sub/single.png")]
-    status, err = _cli(["--checkpoint", str(ckpt), "--out", str(out), *inputs], capsys)
+    status, err = _cli([ckpt, inputs, out], capsys)
     assert status == 0
     with open(out / "summary.csv", newline="") as f:
         rows = {Path(r["file"]).name: r for r in csv.DictReader(f)}

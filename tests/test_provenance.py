@@ -1,19 +1,23 @@
 """The one step choice of every checkpoint-reading command and what reports record about it
 (mantra_jax/provenance.py, mantra_jax.train.checkpoint.load_model_at)."""
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
 from absl import flags
 
-from experiments import evaluate, evaluate_imc, kcmi, sensitivity
-from mantra_jax import predict, provenance
+from experiments import common
+from mantra_jax import provenance
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config
 from mantra_jax.train import checkpoint
 from tests.helpers import random_variables
 
 MODEL = config.make_config(width_scale=0.0625, backbone="baseline", head="imc", num_classes=taxonomy.num_classes(0))
-COMMANDS = {"evaluate": evaluate, "evaluate_imc": evaluate_imc, "kcmi": kcmi, "sensitivity": sensitivity}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("text, expected", [("best", "best"), ("LATEST", "latest"), (" 12 ", 12), (0, 0)])
@@ -27,11 +31,9 @@ def test_bad_step_choices_are_refused(text):
         provenance.parse_step(text)
 
 
-@pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_every_eval_command_takes_the_same_step_flag(name):
+def test_the_step_flag_parses_the_step_choice():
     fv = flags.FlagValues()
-    COMMANDS[name].define_flags(fv)
-    assert "which" not in fv
+    common.define_step_flag(fv)
     assert fv["step"].default == provenance.DEFAULT_STEP and fv["step"].help == provenance.STEP_HELP
     fv(["prog", "--step=12"])
     assert fv.step == 12
@@ -41,13 +43,11 @@ def test_every_eval_command_takes_the_same_step_flag(name):
         fv(["prog", "--step=newest"])
 
 
-def test_predict_takes_the_same_step_choice():
-    parser = predict.build_parser()
-    assert parser.parse_args(["--checkpoint", "c", "--out", "o", "x.png"]).step == provenance.DEFAULT_STEP
-    assert parser.parse_args(["--checkpoint", "c", "--out", "o", "--step", "300", "x.png"]).step == 300
-    assert " ".join(provenance.STEP_HELP.split()[:6]) in " ".join(parser.format_help().split())
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--checkpoint", "c", "--out", "o", "--step", "newest", "x.png"])
+@pytest.mark.parametrize("command", ["evaluate", "evaluate_imc", "kcmi", "sensitivity", "predict"])
+def test_every_checkpoint_command_takes_the_step_flag(command):
+    done = subprocess.run([sys.executable, "-m", f"experiments.{command}", "--step=newest"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode != 0 and "best, latest or a step number" in done.stderr, done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import sensitivity as sensitivity_cli
 from mantra_jax.data import photos
 from mantra_jax.eval import plots, sensitivity
 from mantra_jax.imc import manipulations, taxonomy
@@ -172,12 +171,12 @@ def test_bad_levels_are_refused():
 # --------------------------------------------------------------------------------------------
 # Files, determinism, errors, a real network
 # --------------------------------------------------------------------------------------------
-def test_cli_writes_csv_and_plots_deterministically(index, tmp_path):
+def test_studies_write_csv_and_plots_deterministically(index, tmp_path):
     options = dict(per_param=2, types=["JPEGCompress", "Dithering", "GaussianNoise"], robust_samples=3,
                    batch_size=4, progress=False, **SMALL_LEVELS)
-    sensitivity_cli.run(red_channel, index, str(tmp_path / "a"), seed=4, **options)
-    sensitivity_cli.run(red_channel, index, str(tmp_path / "b"), seed=4, **options)
-    sensitivity_cli.run(red_channel, index, str(tmp_path / "c"), seed=5, **options)
+    sensitivity.run_studies(red_channel, index, str(tmp_path / "a"), seed=4, **options)
+    sensitivity.run_studies(red_channel, index, str(tmp_path / "b"), seed=4, **options)
+    sensitivity.run_studies(red_channel, index, str(tmp_path / "c"), seed=5, **options)
     for name in ("sensitivity.csv", "robustness.csv"):
         a, b, c = (read_csv(tmp_path / d / name) for d in "abc")
         assert a == b and a != c

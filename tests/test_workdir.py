@@ -88,7 +88,7 @@ def test_exit_on_user_error_is_one_line_and_status_2_but_bugs_keep_their_trace(c
 def test_predict_and_evaluate_refuse_an_output_folder_in_use(tmp_path):
     out = tmp_path / "out"
     with hold_lock(out) as pid:
-        for command in (["-m", "mantra_jax.predict", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out),
+        for command in (["-m", "experiments.predict", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out),
                          str(tmp_path)],
                         ["-m", "experiments.evaluate", f"--from_stats={tmp_path}", f"--out={out}"]):
             proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=300)

@@ -114,3 +114,47 @@ def write_report(out_dir, summary: dict, sums: dict, level: int, *, run: Optiona
             text = text.replace("validation loss", f"{run['split']} loss", 1)
         md_path.write_text(text + "\n" + "\n\n".join(provenance.markdown_lines(run)) + "\n")
     return json_path
+
+
+# A setting of `evaluate_checkpoint` <- the trainer's flag of the same meaning (experiments/imc385.py).
+TRAINER_FLAGS = {"crop": "crop", "samples": "val_samples", "data_dir": "data_dir"}
+
+
+def evaluate_checkpoint(checkpoint, data_dir: Optional[str], out_dir, *, split: str = "test",
+                        samples: Optional[int] = None, batch_size: int = 64, patch: int = 256,
+                        crop: Optional[int] = None, seed: int = TRAINER_VAL_SEED,
+                        step: provenance.StepChoice = provenance.DEFAULT_STEP, precision: str = "float32",
+                        progress: bool = True) -> dict:
+    """Loads the checkpoint, scores it on `split` and writes the report; returns the report's content.
+
+    What the checkpoint knows is the default: `data_dir`, `samples` and `crop` left None come from
+    the trainer's flags.txt (--data_dir, --val_samples, --crop), else the bundled photos,
+    DEFAULT_SAMPLES and DEFAULT_CROP; the report's "run" entry lists those taken from it."""
+    from mantra_jax.data import bundled, photos  # noqa: PLC0415
+    from mantra_jax.nn import config  # noqa: PLC0415
+    from mantra_jax.train import checkpoint as checkpoint_lib  # noqa: PLC0415
+    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
+
+    cfg = checkpoint_lib.read_model_config(checkpoint)
+    trained_level(cfg, where=str(checkpoint))  # fails before any photo is read
+    settings, taken = provenance.settings_from_checkpoint(
+        checkpoint, {"crop": crop, "samples": samples, "data_dir": data_dir}, TRAINER_FLAGS,
+        {"crop": DEFAULT_CROP, "samples": DEFAULT_SAMPLES, "data_dir": ""})
+    folder = settings["data_dir"] or bundled.default_photo_dir()
+    index = photos.build_patch_index(folder, patch=patch)
+    cfg, variables, record = checkpoint_lib.load_model_at(checkpoint, step)
+    bar = None
+
+    def progress_fn(done, total):
+        nonlocal bar
+        bar = bar or ProgressLine(total, f"imc {split}")
+        bar.update(done)
+
+    summary, sums, level = evaluate(
+        cfg, variables, index, split=split, n_samples=settings["samples"], batch_size=batch_size,
+        crop=settings["crop"], seed=seed, dtype=config.dtype(precision), progress=progress_fn if progress else None)
+    usage = sample_usage(index, split=split, n_samples=settings["samples"], seed=seed, crop=settings["crop"])
+    run_info = dict(record, data_dir=str(folder), split=split, samples=settings["samples"], **usage, patch=patch,
+                    crop=settings["crop"], seed=seed, precision=precision, settings_from_checkpoint=taken)
+    path = write_report(out_dir, summary, sums, level, run=run_info)
+    return json.loads(path.read_text())

@@ -280,3 +280,28 @@ def write_report(out_dir, result: dict, *, run: Optional[dict] = None) -> Path:
     plot_confusion(np.asarray(result["confusion"], np.float64), list(result["cameras"]), out_dir / "kcmi_confusion.png",
                    title=f"KCMI {result['k']}-NN: accuracy {100 * result['accuracy']:.1f} %")
     return path
+
+
+def evaluate_checkpoint(checkpoint, data_dir, out_dir, *, k: int = DEFAULT_K, crop: int = DEFAULT_CROP, seed: int = 0,
+                        metric: str = "cosine", step: provenance.StepChoice = provenance.DEFAULT_STEP,
+                        precision: str = "float32", progress: bool = True) -> dict:
+    """The test of a checkpoint's Featex (IMC or ManTra-Net) on a camera folder: checks the folder,
+    loads the checkpoint, runs the test and writes the report (its "run" entry: the step scored and
+    why, the model configuration, the command line, the crop and precision)."""
+    from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX and Orbax only when a model is run)
+    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
+
+    list_camera_images(data_dir)  # a bad folder fails before the model is loaded
+    predictor = Predictor.from_checkpoint(checkpoint, step=step, dtype=precision, features_only=True)
+    bar = None
+
+    def progress_fn(done, total):
+        nonlocal bar
+        bar = bar or ProgressLine(total, "kcmi features")
+        bar.update(done)
+
+    result = run_kcmi(lambda rgb: predictor.features(centre_crop(rgb, crop), pooled=True), data_dir, k=k, seed=seed,
+                      metric=metric, progress=progress_fn if progress else None)
+    result["run"] = dict(predictor.provenance, crop=crop, precision=precision)
+    write_report(out_dir, result, run=result["run"])
+    return result

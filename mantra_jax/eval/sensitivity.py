@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
+import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -43,6 +45,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
+from mantra_jax import provenance
 from mantra_jax.data import forgeries
 from mantra_jax.data import masks as masks_lib
 from mantra_jax.data.photos import PatchIndex
@@ -404,3 +407,80 @@ def write_outputs(out_dir, sensitivity_rows: Optional[Sequence[dict]],
         rob_csv = write_csv(out_dir / "robustness.csv", robustness_rows, ROBUSTNESS_COLUMNS)
         figures.append(plots.plot_robustness(out_dir / "robustness.png", robustness_rows))
     return StudyFiles(sens_csv, rob_csv, tuple(figures))
+
+
+# --------------------------------------------------------------------------------------------
+# Both studies
+# --------------------------------------------------------------------------------------------
+# A setting of `evaluate_checkpoint` <- the trainer's flag of the same meaning (experiments/mantranet.py).
+TRAINER_FLAGS = {"data_dir": "data_dir", "patch": "patch_size"}
+
+
+def run_studies(predict_batch: PredictBatchFn, index: PatchIndex, out_dir, *, split: str = "test",
+                per_param: int = 20, types=(), families=(), robust_samples: int = 200,
+                kinds=forgeries.FORGERY_TYPES, downscale_factors=DEFAULT_DOWNSCALE_FACTORS,
+                jpeg_qualities=DEFAULT_JPEG_QUALITIES, blur_kernels=DEFAULT_BLUR_KERNELS,
+                edge_band: int = DEFAULT_EDGE_BAND, studies: Sequence[str] = ("sensitivity", "robustness"),
+                seed: int = 0, batch_size: int = 8, progress: bool = True,
+                metadata: Optional[dict] = None) -> StudyFiles:
+    """The `studies` ("sensitivity", "robustness") with any batch predictor on a patch index; writes
+    the CSV files, the plots and run.json (`metadata` with the study's settings)."""
+    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
+
+    unknown = set(studies) - {"sensitivity", "robustness"}
+    if unknown or not studies:
+        raise ValueError(f"studies must be among 'sensitivity' and 'robustness', got {list(studies)}")
+
+    def bar(label):
+        line = None
+
+        def update(done, total):
+            nonlocal line
+            line = line or ProgressLine(total, label)
+            line.update(done)
+
+        return update if progress else None
+
+    levels = robustness_levels(downscale_factors, jpeg_qualities, blur_kernels)  # checked up front
+    leaves = select_leaves(list(types) or None, list(families) or None) if "sensitivity" in studies else []
+    sens_rows = rob_rows = None
+    if "sensitivity" in studies:
+        patches = pristine_patches(index, per_param, seed=seed, split=split, tag=1)
+        sens_rows = run_sensitivity(predict_batch, patches, leaves, seed=seed, batch_size=batch_size,
+                                    progress=bar("sensitivity"))
+    if "robustness" in studies:
+        patches = pristine_patches(index, robust_samples, seed=seed, split=split, tag=2)
+        rob_rows = run_robustness(
+            predict_batch, patches, seed=seed, kinds=list(kinds), downscale_factors=levels.get("downscale", ()),
+            jpeg_qualities=levels.get("jpeg", ()), blur_kernels=levels.get("edge_blur", ()), half_width=edge_band,
+            batch_size=batch_size, progress=bar("robustness"))
+    files = write_outputs(out_dir, sens_rows, rob_rows)
+    run_info = dict(metadata or {}, data_dir=str(index.root), split=split, patch=index.patch_size,
+                    per_param=per_param, n_leaves=len(leaves), robust_samples=robust_samples, kinds=list(kinds),
+                    edge_band=edge_band, seed=seed)
+    (Path(out_dir) / "run.json").write_text(json.dumps(run_info, indent=1))
+    return files
+
+
+def evaluate_checkpoint(checkpoint, out_dir, *, data_dir: Optional[str] = None, patch: Optional[int] = None,
+                        step: provenance.StepChoice = provenance.DEFAULT_STEP, precision: str = "float32",
+                        batch_size: int = 8, **study) -> tuple[StudyFiles, dict]:
+    """`run_studies` on a ManTra-Net checkpoint; returns the files and the checkpoint's record
+    (mantra_jax.provenance: the step scored and why). What the checkpoint knows is the default:
+    `data_dir` and `patch` left None come from the trainer's flags.txt (--data_dir,
+    --patch_size), else the bundled photos and 256; run.json lists those taken from it."""
+    from mantra_jax.data import bundled, photos  # noqa: PLC0415
+    from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX only when a model is run)
+
+    settings, taken = provenance.settings_from_checkpoint(
+        checkpoint, {"data_dir": data_dir, "patch": patch}, TRAINER_FLAGS, {"data_dir": "", "patch": 256})
+    folder = settings["data_dir"] or bundled.default_photo_dir()
+    index = photos.build_patch_index(folder, patch=settings["patch"])
+    predictor = Predictor.from_checkpoint(checkpoint, step=step, dtype=precision)
+    if batch_size > 1:
+        predict_batch = functools.partial(predictor.predict_batch, batch_size=batch_size)
+    else:
+        predict_batch = per_image(predictor.predict)
+    files = run_studies(predict_batch, index, out_dir, batch_size=batch_size, **study,
+                        metadata=dict(predictor.provenance, precision=precision, settings_from_checkpoint=taken))
+    return files, predictor.provenance

@@ -38,6 +38,18 @@ FIRST_LAYERS = {
     "srm": (5, 0, True, 0),
 }
 ANOMALY_FEATURES = ("tac", "fac", "df", "zf")
+# Computation dtypes of the convolutions (`--precision` of every command); parameters, the Featex
+# normalisation and the anomaly statistics stay float32 whichever is chosen.
+PRECISIONS = ("float32", "bfloat16")
+
+
+def dtype(precision: str):
+    """The jnp scalar type of a precision name of PRECISIONS (jnp.float32, jnp.bfloat16)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    import jax.numpy as jnp  # noqa: PLC0415  (this module stays free of JAX)
+
+    return getattr(jnp, precision)
 
 
 @dataclasses.dataclass(frozen=True)

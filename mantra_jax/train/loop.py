@@ -45,7 +45,6 @@ from mantra_jax.train import checkpoint as ckpt_lib
 from mantra_jax.train import reporting
 
 log = logging.getLogger(__name__)
-PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +71,7 @@ class LoopConfig:
     max_seconds: Optional[float] = None
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
+        config_lib.dtype(self.precision)  # a known precision name
         for name in ("batch_size", "epochs", "steps_per_epoch", "checkpoint_every", "keep", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -305,7 +303,7 @@ def _start_run(workdir: Path, task: Task, cfg: LoopConfig, files: dict):
 
 def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_step, started: float) -> dict:
     is_main = jax.process_index() == 0
-    dtype = PRECISIONS[cfg.precision]
+    dtype = config_lib.dtype(cfg.precision)
     n_proc = jax.process_count()
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
