@@ -6,7 +6,7 @@
 Writes OUTDIR/report.json (its "run" entry: the checkpoint step scored and why, the model
 configuration, the command line, the folders), report.md, per_image.csv, panels/ (best and worst images) and the
 per-image statistics (stats.npz, authentic_stats.npz) from which every metric variant can be
-recomputed with --from_stats; prints the headline metrics as a table. Metric conventions: mantra_jax/eval/pixel_metrics.py; folder
+recomputed with --from_stats; prints the headline metrics as a table. Metric conventions: mantra_jax/metrics/pixel.py; folder
 layouts (--preset): mantra_jax/eval/datasets.py. A user error (a missing or empty folder, an
 unusable checkpoint, an --out that is a file) is printed as one line, `error: ...`, and the exit
 status is 2; images read as their first frame (animated GIF, multi-page TIFF) are listed under
@@ -27,11 +27,13 @@ from absl import app, flags, logging
 
 from experiments import common
 from mantra_jax import provenance
-from mantra_jax.data import images as image_io
 from mantra_jax import workdir
+from mantra_jax.data import images as image_io
 from mantra_jax.errors import UserError, exit_on_user_error
-from mantra_jax.eval import datasets, pixel_metrics, plots, report
-from mantra_jax.train.reporting import ProgressLine
+from mantra_jax.eval import datasets
+from mantra_jax.metrics import pixel as pixel_metrics
+from mantra_jax.metrics import plots, report
+from mantra_jax.metrics.progress import ProgressLine
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
@@ -272,7 +274,7 @@ def evaluate_from_flags(fv: flags.FlagValues) -> dict:
     logging.info("%d pairs, %d files skipped while pairing, %s authentic images", len(pairs), len(skipped),
                  "no" if authentic is None else len(authentic))
     from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX only when a model is run)
-    from mantra_jax.train.checkpoint import CheckpointError  # noqa: PLC0415
+    from mantra_jax.checkpoint import CheckpointError  # noqa: PLC0415
 
     try:  # no configuration or step, another configuration's weights, a head without forgery maps
         predictor = Predictor.from_checkpoint(fv.checkpoint, step=fv.step)

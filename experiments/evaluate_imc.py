@@ -63,9 +63,9 @@ def run(checkpoint: str, data_dir: Optional[str], out: str, *, split: str = "tes
     `data_dir`, `samples` and `crop` left None come from the checkpoint (see the module docstring)."""
     import jax.numpy as jnp  # noqa: PLC0415  (JAX and Orbax only when a model is run)
 
-    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
+    from mantra_jax import checkpoint as checkpoint_lib  # noqa: PLC0415
     from mantra_jax.data import bundled, photos  # noqa: PLC0415
-    from mantra_jax.train import checkpoint as checkpoint_lib  # noqa: PLC0415
+    from mantra_jax.metrics.progress import ProgressLine  # noqa: PLC0415
 
     cfg = checkpoint_lib.read_model_config(checkpoint)
     imc_eval.trained_level(cfg, where=str(checkpoint))  # fails before any photo is read

@@ -43,8 +43,8 @@ def run(checkpoint: str, data_dir: str, out: str, *, k: int = kcmi.DEFAULT_K, cr
     """Checks the folder, loads the checkpoint, runs the test and writes the report."""
     import jax.numpy as jnp  # noqa: PLC0415  (JAX and Orbax only when a model is run)
 
-    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
-    from mantra_jax.train import checkpoint as checkpoint_lib  # noqa: PLC0415
+    from mantra_jax import checkpoint as checkpoint_lib  # noqa: PLC0415
+    from mantra_jax.metrics.progress import ProgressLine  # noqa: PLC0415
 
     kcmi.list_camera_images(data_dir)  # a bad folder fails before the model is loaded
     cfg, variables, record = checkpoint_lib.load_model_at(checkpoint, step)

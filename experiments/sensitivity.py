@@ -73,7 +73,7 @@ def run(predict_batch, index, out: str, *, split: str = "test", per_param: int =
         run_sensitivity: bool = True, run_robustness: bool = True, seed: int = 0, batch_size: int = 8,
         progress: bool = True, metadata: dict | None = None) -> sensitivity.StudyFiles:
     """Both studies with any batch predictor on a patch index; writes CSV files, plots, run.json."""
-    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
+    from mantra_jax.metrics.progress import ProgressLine  # noqa: PLC0415
 
     if not (run_sensitivity or run_robustness):
         raise app.UsageError("nothing to do: both --nosensitivity and --norobustness")

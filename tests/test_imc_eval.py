@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from experiments import evaluate_imc
+from mantra_jax import checkpoint
+from mantra_jax import provenance
 from mantra_jax.data import imc_pipeline, photos
 from mantra_jax.eval import imc_eval
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config, model
-from mantra_jax import provenance
-from mantra_jax.train import checkpoint
 from mantra_jax.train import imc as imc_task
 from tests.helpers import random_variables, write_photo_folder
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from experiments import kcmi as kcmi_cli
+from mantra_jax import checkpoint
 from mantra_jax import provenance
 from mantra_jax.eval import kcmi
 from mantra_jax.nn import config, featex, model
-from mantra_jax.train import checkpoint
 from tests.helpers import random_variables
 
 CAMERAS = ("canon", "nikon", "sony")

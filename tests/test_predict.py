@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from mantra_jax import checkpoint
 from mantra_jax import predict
 from mantra_jax.nn import config, model, tiled
-from mantra_jax.train import checkpoint
 
 TINY = config.make_config(width_scale=0.125, windows=(7, 15))
 SHAPE = (40, 52)  # every CLI test image has this size, so the CLI compiles once

@@ -1,15 +1,15 @@
 """The one step choice of every checkpoint-reading command and what reports record about it
-(mantra_jax/provenance.py, mantra_jax.train.checkpoint.load_model_at)."""
+(mantra_jax/provenance.py, mantra_jax.checkpoint.load_model_at)."""
 import jax
 import numpy as np
 import pytest
 from absl import flags
 
 from experiments import evaluate, evaluate_imc, kcmi, sensitivity
+from mantra_jax import checkpoint
 from mantra_jax import predict, provenance
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config
-from mantra_jax.train import checkpoint
 from tests.helpers import random_variables
 
 MODEL = config.make_config(width_scale=0.0625, backbone="baseline", head="imc", num_classes=taxonomy.num_classes(0))

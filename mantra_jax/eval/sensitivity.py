@@ -46,8 +46,8 @@ import numpy as np
 from mantra_jax.data import forgeries
 from mantra_jax.data import masks as masks_lib
 from mantra_jax.data.photos import PatchIndex
-from mantra_jax.eval import pixel_metrics
 from mantra_jax.imc import manipulations, taxonomy
+from mantra_jax.metrics import pixel as pixel_metrics
 
 PredictFn = Callable[[np.ndarray], np.ndarray]  # uint8 H x W x 3 -> H x W
 PredictBatchFn = Callable[[np.ndarray], np.ndarray]  # uint8 N x H x W x 3 -> N x H x W
