@@ -27,6 +27,7 @@ from experiments import common
 
 from mantra_jax import provenance
 from mantra_jax.eval import imc_eval
+from mantra_jax.metrics import imc as imc_metrics
 
 # This command's setting <- the trainer's flag of the same meaning (experiments/imc385.py).
 TRAINER_FLAGS = {"crop": "crop", "samples": "val_samples", "data_dir": "data_dir"}
@@ -89,7 +90,7 @@ def run(checkpoint: str, data_dir: Optional[str], out: str, *, split: str = "tes
     usage = imc_eval.sample_usage(index, split=split, n_samples=settings["samples"], seed=seed, crop=settings["crop"])
     run_info = dict(record, data_dir=str(folder), split=split, samples=settings["samples"], **usage, patch=patch,
                     crop=settings["crop"], seed=seed, precision=precision, settings_from_checkpoint=taken)
-    path = imc_eval.write_report(out, summary, sums, level, run=run_info)
+    path = imc_metrics.write_report(out, summary, sums, level, run=run_info)
     return json.loads(path.read_text())
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from mantra_jax import provenance
 from mantra_jax.data import images
+from mantra_jax.metrics.plots import plot_confusion
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 H x W x 3 RGB -> feature vector (C,)
 Progress = Callable[[int, int], None]
@@ -282,8 +283,6 @@ def run_kcmi(feature_fn: FeatureFn, folder, *, k: int = DEFAULT_K, seed: int = 0
 
 def write_report(out_dir, result: dict, *, run: Optional[dict] = None) -> Path:
     """kcmi_report.json (everything), kcmi_report.md (tables) and kcmi_confusion.png."""
-    from mantra_jax.train.imc import plot_confusion  # noqa: PLC0415  (matplotlib only when writing)
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = dict(result, run=dict(run or {}))
