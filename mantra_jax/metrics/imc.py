@@ -1,11 +1,7 @@
-"""IMC metrics: top-1/3/5/10 at the trained hierarchy level and at every coarser one, the
-confusion matrix at level 1, and their report; the same for the trainer's validation
-(mantra_jax/train/imc.py) and for the evaluation of a saved model (mantra_jax/eval/imc_eval.py).
-
-`eval_sums` turns one batch of logits into weighted sums (jit-able; padded samples have weight
-0), the caller adds them over batches, `summarize` divides by the sample count, `write_report`
-writes imc_report.json/.md and confusion_L1.png (confusion_L0.png for a level-0 model).
-"""
+"""IMC metrics, shared by the trainer's validation (train/imc.py) and the evaluation of a saved
+model (eval/imc_eval.py): `eval_sums` (jit-able weighted sums over a batch of logits; padded
+samples weigh 0), `summarize` (shares of the samples), `write_report` (imc_report.json/.md and
+the level-1 confusion image)."""
 from __future__ import annotations
 
 import json
