@@ -66,7 +66,7 @@ def main(argv=None):
     images = np.random.default_rng(0).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
     print(f"ManTra-Net {args.variant} width_scale={args.width_scale}, random weights; batch {n}x{h}x{w}; "
           f"{threads} core(s) ({os.cpu_count()} on the machine), onnxruntime intra-op threads {threads}; "
-          f"jax {jax.__version__}, onnxruntime {export._version('onnxruntime')}, jax2onnx {export._version('jax2onnx')}",
+          f"jax {jax.__version__}, onnxruntime {export.package_version('onnxruntime')}, jax2onnx {export.package_version('jax2onnx')}",
           flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:

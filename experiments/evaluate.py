@@ -21,7 +21,9 @@ from absl import app, flags, logging
 from experiments import common
 from mantra_jax import provenance, workdir
 from mantra_jax.errors import exit_on_user_error
-from mantra_jax.eval import datasets, pixel_metrics, report
+from mantra_jax.eval import datasets
+from mantra_jax.metrics import pixel as pixel_metrics
+from mantra_jax.metrics import report
 from mantra_jax.eval.evaluate import EvaluationOptions, evaluate_checkpoint, recompute_from_stats
 
 FLAGS = flags.FLAGS

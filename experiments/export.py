@@ -34,7 +34,7 @@ def main(argv: Sequence[str]) -> None:
     if not fv.formats or set(fv.formats) - {"stablehlo", "onnx"}:
         raise app.UsageError(f"--formats takes stablehlo and/or onnx, got {','.join(fv.formats)}")
     from mantra_jax import export  # noqa: PLC0415  (JAX only when a model is run)
-    from mantra_jax.train.checkpoint import CheckpointError  # noqa: PLC0415
+    from mantra_jax.checkpoint import CheckpointError  # noqa: PLC0415
 
     try:
         report = export.export_checkpoint(fv.checkpoint, fv.out, formats=fv.formats, opset=fv.opset,

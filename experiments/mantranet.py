@@ -52,8 +52,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     windows, weights = _validate()
     common.setup()
+    from mantra_jax import checkpoint
     from mantra_jax.nn import config
-    from mantra_jax.train import checkpoint, loop, mantranet
+    from mantra_jax.train import loop, mantranet
 
     anomaly, fixed_windows = ANOMALY[FLAGS.anomaly]
     model_cfg = config.make_config(

@@ -226,7 +226,7 @@ def texture_auc(rgb, prob, window: int = 15) -> float | None:
     import cv2
     import numpy as np
 
-    from mantra_jax.eval import pixel_metrics
+    from mantra_jax.metrics import pixel as pixel_metrics
 
     luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
     mean = cv2.blur(luma, (window, window))
@@ -244,7 +244,7 @@ def region_aucs(prob, regions: dict, step: int = 3) -> dict:
     follows objects ranks all three over the background alike."""
     import numpy as np
 
-    from mantra_jax.eval import pixel_metrics
+    from mantra_jax.metrics import pixel as pixel_metrics
 
     prob = prob[::step, ::step]
     regions = {k: v[::step, ::step].astype(bool) for k, v in regions.items()}
@@ -465,8 +465,8 @@ def best_e2e_run() -> tuple[str, dict]:
 
 
 def run_package() -> None:
+    from mantra_jax import checkpoint
     from mantra_jax.eval import reference
-    from mantra_jax.train import checkpoint
 
     if FLAGS.package_e2e:
         e2e_source = Path(FLAGS.package_e2e)

@@ -373,8 +373,8 @@ def _sha256(path) -> str:
 
 def convert(h5_path, out_dir, *, variant: Optional[str] = None, force: bool = False):
     """Reads `h5_path`, recognises the release and writes a checkpoint to `out_dir` that
-    mantra_jax.train.checkpoint.load_model reads. Returns (Recognition, ModelConfig, variables)."""
-    from mantra_jax.train import checkpoint  # Orbax is only needed for writing
+    mantra_jax.checkpoint.load_model reads. Returns (Recognition, ModelConfig, variables)."""
+    from mantra_jax import checkpoint  # Orbax is only needed for writing
 
     out_dir = Path(out_dir)
     existing = [out_dir / checkpoint.CONFIG_FILE, out_dir / checkpoint.STEPS_DIR]

@@ -244,7 +244,7 @@ def export_onnx(variables, cfg: ModelConfig, *, opset: int = DEFAULT_OPSET, meta
     proto = jax2onnx.to_onnx(jex.jaxpr_as_fun(portable), inputs=[spec], model_name="mantranet", opset=opset,
                              input_names=["input"], output_names=["prob"])
     proto.doc_string = "ManTra-Net forgery localisation (mantra_jax). " + PREPROCESSING + "; " + OUTPUT
-    meta = onnx_metadata(cfg, opset, dict(metadata or {}, converter=f"jax2onnx {_version('jax2onnx')}"))
+    meta = onnx_metadata(cfg, opset, dict(metadata or {}, converter=f"jax2onnx {package_version('jax2onnx')}"))
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -265,7 +265,8 @@ def load_onnx(path, *, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     return lambda rgb: session.run(["prob"], {"input": np.asarray(rgb, np.uint8)})[0]
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """The installed version of `package`, "unknown" when it is not installed."""
     from importlib import metadata
 
     try:
@@ -308,8 +309,8 @@ def export_checkpoint(checkpoint, out, *, formats: Sequence[str] = ("stablehlo",
     """Exports an end-to-end checkpoint to OUT/model.stablehlo and OUT/model.onnx, checks each
     against Predictor.predict and writes OUT/export_check.json (returned); raises
     ExportCheckFailed (after writing the report) when a difference reaches `tolerance`."""
+    from mantra_jax import checkpoint as checkpoint_lib
     from mantra_jax.predict import Predictor  # Orbax and the CLI helpers only here
-    from mantra_jax.train import checkpoint as checkpoint_lib
 
     unknown = set(formats) - {"stablehlo", "onnx"}
     if unknown or not formats:
@@ -331,7 +332,7 @@ def export_checkpoint(checkpoint, out, *, formats: Sequence[str] = ("stablehlo",
         "check_sizes": [list(s) for s in check_sizes(cfg)],
         "check_batch": int(batches[0].shape[0]),
         "tolerance": tolerance,
-        "versions": {p: _version(p) for p in ("jax", "jaxlib", "jax2onnx", "onnx", "onnxruntime")},
+        "versions": {p: package_version(p) for p in ("jax", "jaxlib", "jax2onnx", "onnx", "onnxruntime")},
         "machine": platform.platform(),
     }
     failures = []

@@ -51,9 +51,9 @@ from mantra_jax import provenance
 from mantra_jax import workdir
 from mantra_jax.data import images
 from mantra_jax.errors import UserError
+from mantra_jax.metrics.progress import ProgressLine
 from mantra_jax.nn import featex, model, tiled
 from mantra_jax.nn.config import ModelConfig
-from mantra_jax.train.reporting import ProgressLine
 
 # Measured with the released model on CPU (benchmarks/tiled_memory.py): the whole-image pass
 # peaks at about 5.2 KB per pixel (11.3 GB RSS at 2.1 megapixels; XLA asks for 38.5 GB at 12),
@@ -125,7 +125,7 @@ class Predictor:
         """Any checkpoint directory: a training run or converted released weights. `step`: "best"
         (by validation loss), "latest" or a step number; `provenance` then says which step was
         read and why (mantra_jax.provenance)."""
-        from mantra_jax.train import checkpoint  # Orbax is only needed here
+        from mantra_jax import checkpoint  # Orbax is only needed here
 
         cfg, variables, record = checkpoint.load_model_at(directory, step)
         predictor = cls(cfg, variables, **kwargs)
@@ -302,7 +302,7 @@ def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.S
                 print("no image to process", file=sys.stderr)
             _write_skipped(out, skipped)
             return 1
-        from mantra_jax.train.checkpoint import CheckpointError
+        from mantra_jax.checkpoint import CheckpointError
 
         try:
             predictor = Predictor.from_checkpoint(checkpoint, step=step, dtype=precision, tile=tile,

@@ -14,7 +14,7 @@ loss the trainer recorded), ``latest``, or a step number. Every report records, 
     model_config   the network's configuration (mantra_jax.nn.config.to_dict)
     command        the command line that made the report
 
-No JAX and no Orbax here (the step itself is read by mantra_jax.train.checkpoint), so entry points
+No JAX and no Orbax here (the step itself is read by mantra_jax.checkpoint), so entry points
 can parse their flags without loading either.
 """
 from __future__ import annotations

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
+from mantra_jax import checkpoint
 from mantra_jax import convert
 from mantra_jax.nn import config, model
-from mantra_jax.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 LADN_LAYERS = ("outlierTrans", "bnorm", "glbStd", "cLSTM", "pred")

@@ -189,8 +189,8 @@ def checkpoints(tmp_path_factory):
     """A tiny checkpoint, an IMC one, one whose configuration and weights disagree, an empty folder."""
     import jax
 
+    from mantra_jax import checkpoint
     from mantra_jax.nn import config, model
-    from mantra_jax.train import checkpoint
 
     root = tmp_path_factory.mktemp("ckpts")
     tiny = config.make_config(width_scale=0.125, windows=(7, 15))

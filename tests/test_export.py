@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mantra_jax import checkpoint
 from mantra_jax import export
 from mantra_jax.nn import config
 from mantra_jax.predict import Predictor
-from mantra_jax.train import checkpoint
 from tests.helpers import random_variables
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""IMC evaluation of a saved checkpoint (experiments/evaluate_imc.py, mantra_jax/eval/imc_eval.py)."""
+"""IMC evaluation of a saved checkpoint (experiments/evaluate_imc.py, mantra_jax/eval/imc_eval.py) and
+the IMC report (mantra_jax/metrics/imc.py)."""
 import json
 import os
 import subprocess
@@ -9,13 +10,14 @@ import jax
 import numpy as np
 import pytest
 
+from mantra_jax import checkpoint
+from mantra_jax import provenance
 from mantra_jax.data import imc_pipeline, photos
 from mantra_jax.eval import imc_eval
 from mantra_jax.imc import taxonomy
+from mantra_jax.metrics import imc as imc_metrics
+from mantra_jax.metrics import plots
 from mantra_jax.nn import config, model
-from mantra_jax import provenance
-from mantra_jax.train import checkpoint
-from mantra_jax.train import imc as imc_task
 from tests.helpers import random_variables, write_photo_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,8 +163,8 @@ def test_checkpoint_photo_folder_that_is_not_here_is_named(saved_model, tmp_path
 
 def test_report_tables_say_why_level_names_and_class_counts_differ(tmp_path):
     level = 4
-    summary = {"val_loss": 1.0, **{f"L{j}_top{k}": 0.5 for j in range(level + 1) for k in imc_task.TOPK}}
-    imc_task.write_imc_report(tmp_path, summary, None, level)
+    summary = {"val_loss": 1.0, **{f"L{j}_top{k}": 0.5 for j in range(level + 1) for k in imc_metrics.TOPK}}
+    imc_metrics.write_report(tmp_path, summary, None, level)
     markdown = (tmp_path / "imc_report.md").read_text()
     assert "| 1 | IMC-25 | 27 |" in markdown and "| 4 | IMC-185 | 191 |" in markdown
     assert "name (paper's) | classes (this taxonomy's)" in markdown and taxonomy.LEVEL_NAMES_NOTE in markdown
@@ -173,7 +175,7 @@ def test_report_tables_say_why_level_names_and_class_counts_differ(tmp_path):
 @pytest.mark.parametrize("level", [1, 2, 3, 4])
 def test_confusion_labels_are_distinct_short_and_keyed(level):
     names = taxonomy.class_names(level)
-    labels, key = imc_task.confusion_labels(names)
+    labels, key = plots.confusion_labels(names)
     assert len(set(labels)) == len(names) and max(map(len, labels)) <= 24
     for name, label in zip(names, labels):
         if label != name:  # a short label with a number, and the full name in the key

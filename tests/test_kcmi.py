@@ -14,7 +14,7 @@ from mantra_jax import provenance
 from mantra_jax.eval import kcmi
 from mantra_jax.nn import config, featex, model
 from mantra_jax.predict import Predictor
-from mantra_jax.train import checkpoint
+from mantra_jax import checkpoint
 from tests.helpers import random_variables
 
 ROOT = Path(__file__).resolve().parents[1]

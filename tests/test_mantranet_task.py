@@ -7,9 +7,10 @@ import numpy as np
 import optax
 import pytest
 
+from mantra_jax import checkpoint
 from mantra_jax.data import photos
 from mantra_jax.nn import config, model
-from mantra_jax.train import checkpoint, loop, mantranet
+from mantra_jax.train import loop, mantranet
 from tests.helpers import write_photo_folder
 
 CFG = config.make_config(width_scale=0.0625, backbone="baseline")

@@ -1,8 +1,8 @@
-"""Tests for mantra_jax.eval.pixel_metrics: known answers and straightforward numpy references."""
+"""Tests for mantra_jax.metrics.pixel: known answers and straightforward numpy references."""
 import numpy as np
 import pytest
 
-from mantra_jax.eval import pixel_metrics as pm
+from mantra_jax.metrics import pixel as pm
 
 
 def _rect_mask(height=32, width=48, top=4, left=6, bottom=20, right=30):

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
+from mantra_jax import checkpoint
 from mantra_jax import predict
 from mantra_jax.errors import UserError
 from mantra_jax.nn import config, featex, model, tiled
-from mantra_jax.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = config.make_config(width_scale=0.125, windows=(7, 15))

@@ -1,5 +1,5 @@
 """The one step choice of every checkpoint-reading command and what reports record about it
-(mantra_jax/provenance.py, mantra_jax.train.checkpoint.load_model_at)."""
+(mantra_jax/provenance.py, mantra_jax.checkpoint.load_model_at)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +10,10 @@ import pytest
 from absl import flags
 
 from experiments import common
+from mantra_jax import checkpoint
 from mantra_jax import provenance
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config
-from mantra_jax.train import checkpoint
 from tests.helpers import random_variables
 
 MODEL = config.make_config(width_scale=0.0625, backbone="baseline", head="imc", num_classes=taxonomy.num_classes(0))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from mantra_jax.data import photos
-from mantra_jax.eval import plots, sensitivity
+from mantra_jax.eval import sensitivity
+from mantra_jax.metrics import plots
 from mantra_jax.imc import manipulations, taxonomy
 from mantra_jax.nn import config, model
 from tests.helpers import write_photo_folder
@@ -284,7 +285,7 @@ def test_command_line_records_the_step_takes_the_checkpoint_defaults_and_prints_
     import subprocess
     import sys
 
-    from mantra_jax.train import checkpoint
+    from mantra_jax import checkpoint
 
     cfg = config.make_config(width_scale=0.125, backbone="baseline", windows=(3,))
     checkpoint.save_model(tmp_path / "ckpt", cfg, jax.tree.map(np.asarray, model.init(jax.random.key(0), cfg)))

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mantra_jax import checkpoint
 from mantra_jax.eval import reference
 from mantra_jax.predict import Predictor
-from mantra_jax.train import checkpoint
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SHIPPED = {"mantranet_small": "ladn", "imc_small": "imc"}

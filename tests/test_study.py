@@ -7,7 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mantra_jax.eval import baselines, pixel_metrics
+from mantra_jax.eval import baselines
+from mantra_jax.metrics import pixel as pixel_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,13 +14,14 @@ import numpy as np
 import optax
 import pytest
 
+from mantra_jax import checkpoint
 from mantra_jax import workdir
 from mantra_jax.data import photos
 from mantra_jax.errors import UserError
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import config
 from mantra_jax.nn import model as model_lib
-from mantra_jax.train import checkpoint, imc, loop
+from mantra_jax.train import imc, loop
 from tests.helpers import hold_lock, write_photo_folder
 
 LEVEL = 1

@@ -1,2 +1,2 @@
-"""Forgery-benchmark evaluation: pixel metrics from per-image statistics, benchmark folder
-layouts, reports and panels. ``experiments/evaluate.py`` is the command line."""
+"""Evaluation of saved models: forgery benchmarks (folder layouts; ``experiments/evaluate.py`` is
+the command line), IMC evaluation, KCMI, sensitivity. The metrics themselves are mantra_jax.metrics."""

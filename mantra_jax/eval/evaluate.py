@@ -21,8 +21,10 @@ from absl import logging
 from mantra_jax import provenance
 from mantra_jax.data import images as image_io
 from mantra_jax.errors import UserError
-from mantra_jax.eval import datasets, pixel_metrics, plots, report
-from mantra_jax.train.reporting import ProgressLine
+from mantra_jax.eval import datasets
+from mantra_jax.metrics import pixel as pixel_metrics
+from mantra_jax.metrics import plots, report
+from mantra_jax.metrics.progress import ProgressLine
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
@@ -226,7 +228,7 @@ def evaluate_checkpoint(checkpoint, images, masks, out_dir, options: EvaluationO
     logging.info("%d pairs, %d files skipped while pairing, %s authentic images", len(pairs), len(skipped),
                  "no" if authentic_paths is None else len(authentic_paths))
     from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX only when a model is run)
-    from mantra_jax.train.checkpoint import CheckpointError  # noqa: PLC0415
+    from mantra_jax.checkpoint import CheckpointError  # noqa: PLC0415
 
     try:  # no configuration or step, another configuration's weights, a head without forgery maps
         predictor = Predictor.from_checkpoint(checkpoint, step=step)

@@ -1,18 +1,18 @@
 """IMC evaluation of a saved checkpoint: top-1/3/5/10 at every level and the level-1 confusion.
 
-The metrics, the report format and the sample set are the trainer's own
-(`mantra_jax.train.imc`): a fixed, leaf-balanced set of manipulated crops drawn from one split
-of a photo folder (`imc_pipeline.make_val_batches`), scored by the task's `eval_sums` and
-`summarize`, and written by `write_imc_report`. With the trainer's seed (`TRAINER_VAL_SEED`),
-sample count and crop on split "val", the sample set is the trainer's validation set (so the
-numbers match its validation of the same step); split "test" scores photos the trainer never
-saw, neither for learning nor for model selection.
+The metrics, the report format and the sample set are the trainer's own: a fixed, leaf-balanced
+set of manipulated crops drawn from one split of a photo folder (`imc_pipeline.make_val_batches`),
+scored by `mantra_jax.metrics.imc` (`eval_sums`, `summarize`; its `write_report` writes the
+report). With the trainer's seed (`TRAINER_VAL_SEED`), sample count and crop on split "val", the
+sample set is the trainer's validation set (so the numbers match its validation of the same
+step); split "test" scores photos the trainer never saw, neither for learning nor for model
+selection.
 """
 from __future__ import annotations
 
 import json
+
 from collections.abc import Callable
-from pathlib import Path
 from typing import Optional
 
 import jax
@@ -23,11 +23,11 @@ from mantra_jax import provenance
 from mantra_jax.data import imc_pipeline
 from mantra_jax.data.photos import PatchIndex
 from mantra_jax.imc import taxonomy
+from mantra_jax.metrics import imc as imc_metrics
+from mantra_jax.nn import model as model_lib
 from mantra_jax.nn.config import ModelConfig
-from mantra_jax.train import imc as imc_task
 
-# The seed of the trainer's fixed validation set (mantra_jax.train.imc.make_task).
-TRAINER_VAL_SEED = 12345
+TRAINER_VAL_SEED = imc_metrics.VAL_SEED  # the seed of the trainer's fixed validation set
 # The trainer's defaults (experiments/imc385.py, experiments/common.py), for checkpoints that do
 # not say what they were trained with.
 DEFAULT_CROP = 128
@@ -58,7 +58,7 @@ def evaluate(cfg: ModelConfig, variables: dict, index: PatchIndex, *, split: str
              seed: int = TRAINER_VAL_SEED, dtype=jnp.float32, progress: Optional[Progress] = None) -> tuple[dict, dict, int]:
     """Scores an IMC network on `n_samples` manipulated crops of one split of `index`.
 
-    Returns (summary, sums, level): `summary` as the trainer's `summarize` gives it ("val_loss"
+    Returns (summary, sums, level): `summary` as `imc_metrics.summarize` gives it ("val_loss"
     and "L{j}_top{k}" for every level j <= level), `sums` the summed evaluation arrays
     (numpy; "n", the top-k counts and the level-1 "confusion" matrix), and the trained level.
     """
@@ -68,22 +68,25 @@ def evaluate(cfg: ModelConfig, variables: dict, index: PatchIndex, *, split: str
                          "patch (too few photos in the folder?)")
     if not 0 < crop <= index.patch_size:
         raise ValueError(f"crop must be in 1..{index.patch_size} (the patch size), got {crop}")
-    task = imc_task.make_task(cfg, level=level, patch_index=index, learning_rate=0.0, val_samples=n_samples,
-                              val_batch_size=batch_size, crop=crop)
     batches = imc_pipeline.make_val_batches(index, seed=seed, n_samples=n_samples, batch_size=batch_size,
                                             level=level, crop=crop, split=split)
-    eval_step = jax.jit(task.eval_sums, static_argnums=2)
+
+    @jax.jit
+    def eval_step(variables, batch):
+        logits = model_lib.apply(variables, model_lib.preprocess(batch["image"]), cfg, dtype=dtype, pooled=True)["logits"]
+        return imc_metrics.eval_sums(logits, batch["label"], batch["leaf"], batch["weight"], level)
+
     device_variables = jax.device_put(variables)
     sums = None
     if progress is not None:
         progress(0, n_samples)  # the samples are made: the clock starts with the network
     for i, batch in enumerate(batches, start=1):
         batch = {k: batch[k] for k in ("image", "label", "leaf", "weight")}
-        batch_sums = jax.tree.map(lambda a: np.asarray(a, np.float64), eval_step(device_variables, batch, dtype))
+        batch_sums = jax.tree.map(lambda a: np.asarray(a, np.float64), eval_step(device_variables, batch))
         sums = batch_sums if sums is None else jax.tree.map(np.add, sums, batch_sums)
         if progress is not None:
             progress(min(i * batch_size, n_samples), n_samples)
-    return task.summarize(sums), sums, level
+    return imc_metrics.summarize(sums, level), sums, level
 
 
 def sample_usage(index: PatchIndex, *, split: str, n_samples: int, seed: int = TRAINER_VAL_SEED,
@@ -95,25 +98,6 @@ def sample_usage(index: PatchIndex, *, split: str, n_samples: int, seed: int = T
     return {"n_photos_in_split": len({e.path for e in entries}), "n_patches_in_split": len(entries),
             "n_photos_used": len({s.entry.path for s in plan}), "n_patches_used": len({s.entry for s in plan})}
 
-
-def write_report(out_dir, summary: dict, sums: dict, level: int, *, run: Optional[dict] = None,
-                 prefix: str = "imc_report") -> Path:
-    """The trainer's report (imc_report.json/.md, confusion_L1.png, or L0 for a level-0 model),
-    with the run's description (checkpoint, split, seed, ...) added under "run"."""
-    out_dir = Path(out_dir)
-    imc_task.write_imc_report(out_dir, summary, sums, level, prefix=prefix)
-    json_path = out_dir / f"{prefix}.json"
-    if run:
-        report = json.loads(json_path.read_text())
-        report["run"] = dict(run)
-        json_path.write_text(json.dumps(report, indent=1))
-        md_path = out_dir / f"{prefix}.md"
-        text = md_path.read_text()
-        if run.get("split"):  # the trainer's writer speaks of validation; say which split this is
-            text = text.replace("IMC validation report", f"IMC report on the {run['split']} split", 1)
-            text = text.replace("validation loss", f"{run['split']} loss", 1)
-        md_path.write_text(text + "\n" + "\n\n".join(provenance.markdown_lines(run)) + "\n")
-    return json_path
 
 
 # A setting of `evaluate_checkpoint` <- the trainer's flag of the same meaning (experiments/imc385.py).
@@ -132,8 +116,8 @@ def evaluate_checkpoint(checkpoint, data_dir: Optional[str], out_dir, *, split: 
     DEFAULT_SAMPLES and DEFAULT_CROP; the report's "run" entry lists those taken from it."""
     from mantra_jax.data import bundled, photos  # noqa: PLC0415
     from mantra_jax.nn import config  # noqa: PLC0415
-    from mantra_jax.train import checkpoint as checkpoint_lib  # noqa: PLC0415
-    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
+    from mantra_jax import checkpoint as checkpoint_lib  # noqa: PLC0415
+    from mantra_jax.metrics.progress import ProgressLine  # noqa: PLC0415
 
     cfg = checkpoint_lib.read_model_config(checkpoint)
     trained_level(cfg, where=str(checkpoint))  # fails before any photo is read
@@ -156,5 +140,5 @@ def evaluate_checkpoint(checkpoint, data_dir: Optional[str], out_dir, *, split: 
     usage = sample_usage(index, split=split, n_samples=settings["samples"], seed=seed, crop=settings["crop"])
     run_info = dict(record, data_dir=str(folder), split=split, samples=settings["samples"], **usage, patch=patch,
                     crop=settings["crop"], seed=seed, precision=precision, settings_from_checkpoint=taken)
-    path = write_report(out_dir, summary, sums, level, run=run_info)
+    path = imc_metrics.write_report(out_dir, summary, sums, level, run=run_info)
     return json.loads(path.read_text())

@@ -37,6 +37,7 @@ import numpy as np
 
 from mantra_jax import provenance
 from mantra_jax.data import images
+from mantra_jax.metrics.plots import plot_confusion
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 H x W x 3 RGB -> (C,), as Predictor.features(pooled=True)
 Progress = Callable[[int, int], None]
@@ -256,8 +257,6 @@ def run_kcmi(feature_fn: FeatureFn, folder, *, k: int = DEFAULT_K, seed: int = 0
 
 def write_report(out_dir, result: dict, *, run: Optional[dict] = None) -> Path:
     """kcmi_report.json (everything), kcmi_report.md (tables) and kcmi_confusion.png."""
-    from mantra_jax.train.imc import plot_confusion  # noqa: PLC0415  (matplotlib only when writing)
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = dict(result, run=dict(run or {}))
@@ -289,7 +288,7 @@ def evaluate_checkpoint(checkpoint, data_dir, out_dir, *, k: int = DEFAULT_K, cr
     loads the checkpoint, runs the test and writes the report (its "run" entry: the step scored and
     why, the model configuration, the command line, the crop and precision)."""
     from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX and Orbax only when a model is run)
-    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
+    from mantra_jax.metrics.progress import ProgressLine  # noqa: PLC0415
 
     list_camera_images(data_dir)  # a bad folder fails before the model is loaded
     predictor = Predictor.from_checkpoint(checkpoint, step=step, dtype=precision, features_only=True)

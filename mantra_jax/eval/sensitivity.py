@@ -49,7 +49,8 @@ from mantra_jax import provenance
 from mantra_jax.data import forgeries
 from mantra_jax.data import masks as masks_lib
 from mantra_jax.data.photos import PatchIndex
-from mantra_jax.eval import pixel_metrics, plots
+from mantra_jax.metrics import pixel as pixel_metrics
+from mantra_jax.metrics import plots
 from mantra_jax.imc import manipulations, taxonomy
 
 PredictFn = Callable[[np.ndarray], np.ndarray]  # uint8 H x W x 3 -> H x W
@@ -425,7 +426,7 @@ def run_studies(predict_batch: PredictBatchFn, index: PatchIndex, out_dir, *, sp
                 metadata: Optional[dict] = None) -> StudyFiles:
     """The `studies` ("sensitivity", "robustness") with any batch predictor on a patch index; writes
     the CSV files, the plots and run.json (`metadata` with the study's settings)."""
-    from mantra_jax.train.reporting import ProgressLine  # noqa: PLC0415
+    from mantra_jax.metrics.progress import ProgressLine  # noqa: PLC0415
 
     unknown = set(studies) - {"sensitivity", "robustness"}
     if unknown or not studies:

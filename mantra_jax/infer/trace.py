@@ -200,7 +200,7 @@ class Tracer:
     def from_checkpoint(cls, directory, *, step: provenance.StepChoice = provenance.DEFAULT_STEP, **kwargs) -> "Tracer":
         """An IMC checkpoint directory; a ManTra-Net one (or any other kind) is refused in one line
         (ValueError from `checkpoint_level`)."""
-        from mantra_jax.train import checkpoint  # Orbax is only needed here
+        from mantra_jax import checkpoint  # Orbax is only needed here
 
         cfg, variables, record = checkpoint.load_model_at(directory, step)
         tracer = cls(cfg, variables, **kwargs)

@@ -37,12 +37,12 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mantra_jax import checkpoint as ckpt_lib
 from mantra_jax import workdir as workdir_lib
 from mantra_jax.errors import UserError
+from mantra_jax.metrics import progress as reporting
 from mantra_jax.nn import config as config_lib
 from mantra_jax.nn import model as model_lib
-from mantra_jax.train import checkpoint as ckpt_lib
-from mantra_jax.train import reporting
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mantra_jax import checkpoint as ckpt_lib
 from mantra_jax.data import forgery_pipeline, forgeries
-from mantra_jax.eval import pixel_metrics
+from mantra_jax.metrics import pixel as pixel_metrics
 from mantra_jax.nn import model as model_lib
 from mantra_jax.nn.config import ModelConfig
-from mantra_jax.train import checkpoint as ckpt_lib
 from mantra_jax.train.loop import Task
 
 INITS = ("random", "half_freeze", "half_random", "authors")

@@ -1,9 +1,11 @@
-"""Visual panels for a benchmark report: photo | ground truth | prediction, side by side.
+"""The figures of the reports: benchmark panels and confusion matrices.
 
-While the evaluation streams over a folder, :class:`BestWorstPanels` keeps small thumbnails of
-the images that score best and worst so far (never the full set), and writes them as PNG
-files at the end, drawn with OpenCV. The sensitivity and robustness figures of
-mantra_jax/eval/sensitivity.py (`plot_sensitivity`, `plot_robustness`) use matplotlib.
+Panels (photo | ground truth | prediction, side by side): while the evaluation streams over a
+folder, :class:`BestWorstPanels` keeps small thumbnails of the images that score best and worst
+so far (never the full set), and writes them as PNG files at the end; drawn with OpenCV.
+Confusion matrices (IMC, KCMI): `plot_confusion`; the sensitivity and robustness figures of
+mantra_jax/eval/sensitivity.py: `plot_sensitivity`, `plot_robustness`; drawn with matplotlib
+(imported when drawing).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import itertools
 import math
 import re
 from collections.abc import Sequence
+import textwrap
 from pathlib import Path
 from typing import Optional
 
@@ -287,3 +290,48 @@ def _pyplot():
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     return plt
+def confusion_labels(names, max_chars: int = 24) -> tuple[list[str], list[str]]:
+    """(tick labels, key lines): names of at most `max_chars` characters are their own label; a
+    longer one gets a short label with a number, "JPEGDoubleCompress [1]" (the part before a ":",
+    else its start), and a key line "[1] <full name>". Labels are distinct whenever names are."""
+    labels, key = [], []
+    for name in names:
+        if len(name) <= max_chars:
+            labels.append(name)
+            continue
+        tag = f" [{len(key) + 1}]"
+        stem = name.split(":", 1)[0] if ":" in name else name
+        if len(stem) + len(tag) > max_chars:
+            stem = stem[: max_chars - len(tag) - 1].rstrip() + "~"
+        labels.append(stem + tag)
+        key.append(f"[{len(key) + 1}] {name}")
+    return labels, key
+
+
+def plot_confusion(matrix, names, path, title=""):
+    """The row-normalised confusion matrix as an image, long class names keyed below it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = matrix.sum(axis=1, keepdims=True)
+    norm = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+    n = len(names)
+    labels, key = confusion_labels(names)
+    width = 4 + 0.32 * n
+    key_lines = [part for line in key for part in textwrap.wrap(line, int(width * 15), subsequent_indent="     ")]
+    key_height = 0.15 * len(key_lines) + (0.2 if key_lines else 0.0)
+    fig, ax = plt.subplots(figsize=(width, 3.5 + 0.3 * n + key_height))
+    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    if key_lines:
+        fig.text(0.01, 0.01, "\n".join(key_lines), fontsize=7, va="bottom", ha="left")
+    fig.tight_layout(rect=(0, key_height / fig.get_figheight(), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
