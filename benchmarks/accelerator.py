@@ -215,7 +215,7 @@ def measure_jax_row(spec: RowSpec, dtype_name: str, shapes: str, repeats: int) -
             jax.block_until_ready((holder["state"], metrics))
             holder["loss"] = metrics["loss"]
     else:
-        from mantra_jax.predict import Predictor
+        from mantra_jax.infer.predict import Predictor
 
         cfg = model_config(spec.kind, shapes)
         predictor = Predictor(cfg, harness.benchmark_variables(cfg), dtype=dtype_name, tile=spec.tile)

@@ -5,7 +5,7 @@
     (from the repository root; needs requirements-export.txt)
 
 The released network (random weights: speed does not depend on them) is exported to ONNX and to
-StableHLO as `python -m experiments.export` does (mantra_jax/export.py), then one N x H x W
+StableHLO as `python -m experiments.export` does (mantra_jax/infer/export.py), then one N x H x W
 uint8 batch is run by three runners, float32 throughout:
   jax        Predictor.predict (the jitted whole-image program), image by image;
   stablehlo  the deserialized model.stablehlo (the same XLA program, batched);
@@ -51,9 +51,9 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from mantra_jax import export
+    from mantra_jax.infer import export
     from mantra_jax.nn import config, model
-    from mantra_jax.predict import Predictor
+    from mantra_jax.infer.predict import Predictor
 
     cfg = config.released(args.variant)
     if args.width_scale != 1.0:

@@ -1,4 +1,4 @@
-"""Imports the authors' released Keras weights into a checkpoint (mantra_jax/convert.py says how).
+"""Imports the authors' released Keras weights into a checkpoint (mantra_jax/infer/convert.py says how).
 
   python -m experiments.convert --h5 ManTraNet_Ptrain4.h5 --out DIR [--variant Ptrain4] [--force]
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from mantra_jax import convert
+from mantra_jax.infer import convert
 from mantra_jax.nn import model
 
 FLAGS = flags.FLAGS

@@ -8,7 +8,7 @@ jax.export.deserialize) and OUTDIR/export_check.json (max_abs_diff_onnx, max_abs
 each export against Predictor.predict on random images of odd sizes). Exits non-zero when a
 difference reaches --tolerance (1e-4). ONNX needs the optional packages of
 requirements-export.txt; `--formats stablehlo` needs JAX only. Formats, metadata and how to
-handle large images: mantra_jax/export.py and the README.
+handle large images: mantra_jax/infer/export.py and the README.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def main(argv: Sequence[str]) -> None:
     common.start_evaluation_cli(argv, fv, ("checkpoint", "out"))
     if not fv.formats or set(fv.formats) - {"stablehlo", "onnx"}:
         raise app.UsageError(f"--formats takes stablehlo and/or onnx, got {','.join(fv.formats)}")
-    from mantra_jax import export  # noqa: PLC0415  (JAX only when a model is run)
+    from mantra_jax.infer import export  # noqa: PLC0415  (JAX only when a model is run)
     from mantra_jax.checkpoint import CheckpointError  # noqa: PLC0415
 
     try:

@@ -1,4 +1,4 @@
-"""Forgery localisation of images and folders with a checkpoint (mantra_jax/predict.py says what is written).
+"""Forgery localisation of images and folders with a checkpoint (mantra_jax/infer/predict.py says what is written).
 
   python -m experiments.predict --checkpoint DIR --out OUTDIR [--step best] [--npy] IMAGE_OR_FOLDER...
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from experiments import common
-from mantra_jax import predict
+from mantra_jax.infer import predict
 from mantra_jax.data import images
 from mantra_jax.errors import exit_on_user_error
 from mantra_jax.nn import config, tiled

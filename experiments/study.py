@@ -207,7 +207,7 @@ def run_coverage() -> None:
                 if name == BASELINE:
                     predict_fn, source = baselines.noise_inconsistency, "noise_inconsistency (no training)"
                 else:
-                    from mantra_jax.predict import Predictor
+                    from mantra_jax.infer.predict import Predictor
 
                     predict_fn, source = Predictor.from_checkpoint(_out() / name).predict, str(_out() / name)
                 cached = CachedMaps(predict_fn, _out() / "eval" / name / "maps")

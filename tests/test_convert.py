@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mantra_jax import checkpoint
-from mantra_jax import convert
+from mantra_jax.infer import convert
 from mantra_jax.nn import config, model
 
 ROOT = Path(__file__).resolve().parents[1]

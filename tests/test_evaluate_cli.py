@@ -150,7 +150,7 @@ def test_the_model_path_with_a_fake_predictor(bench, tmp_path, monkeypatch):
         def predict(self, rgb):
             return perfect(rgb)
 
-    monkeypatch.setitem(sys.modules, "mantra_jax.predict", types.SimpleNamespace(Predictor=FakePredictor))
+    monkeypatch.setitem(sys.modules, "mantra_jax.infer.predict", types.SimpleNamespace(Predictor=FakePredictor))
     summary = evaluate.evaluate_checkpoint(
         "/ckpt", bench / "images", bench / "masks", tmp_path / "out",
         evaluate.EvaluationOptions(negate_rule=False, bins=256, n_panels=1), authentic=bench / "authentic", step=7,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from mantra_jax import checkpoint
-from mantra_jax import export
+from mantra_jax.infer import export
 from mantra_jax.nn import config
-from mantra_jax.predict import Predictor
+from mantra_jax.infer.predict import Predictor
 from tests.helpers import random_variables
 
 ROOT = Path(__file__).resolve().parents[1]

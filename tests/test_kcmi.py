@@ -13,7 +13,7 @@ import pytest
 from mantra_jax import provenance
 from mantra_jax.eval import kcmi
 from mantra_jax.nn import config, featex, model
-from mantra_jax.predict import Predictor
+from mantra_jax.infer.predict import Predictor
 from mantra_jax import checkpoint
 from tests.helpers import random_variables
 

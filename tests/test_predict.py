@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mantra_jax import checkpoint
-from mantra_jax import predict
+from mantra_jax.infer import predict
 from mantra_jax.errors import UserError
 from mantra_jax.nn import config, featex, model, tiled
 

@@ -8,7 +8,7 @@ import pytest
 
 from mantra_jax import checkpoint
 from mantra_jax.eval import reference
-from mantra_jax.predict import Predictor
+from mantra_jax.infer.predict import Predictor
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SHIPPED = {"mantranet_small": "ladn", "imc_small": "imc"}

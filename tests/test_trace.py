@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mantra_jax import predict
+from mantra_jax.infer import predict
 from mantra_jax.imc import taxonomy
 from mantra_jax.infer import trace
 from mantra_jax.nn import config, featex

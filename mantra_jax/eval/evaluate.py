@@ -227,7 +227,7 @@ def evaluate_checkpoint(checkpoint, images, masks, out_dir, options: EvaluationO
         raise UserError(str(e)) from e
     logging.info("%d pairs, %d files skipped while pairing, %s authentic images", len(pairs), len(skipped),
                  "no" if authentic_paths is None else len(authentic_paths))
-    from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX only when a model is run)
+    from mantra_jax.infer.predict import Predictor  # noqa: PLC0415  (JAX only when a model is run)
     from mantra_jax.checkpoint import CheckpointError  # noqa: PLC0415
 
     try:  # no configuration or step, another configuration's weights, a head without forgery maps

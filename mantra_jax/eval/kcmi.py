@@ -287,7 +287,7 @@ def evaluate_checkpoint(checkpoint, data_dir, out_dir, *, k: int = DEFAULT_K, cr
     """The test of a checkpoint's Featex (IMC or ManTra-Net) on a camera folder: checks the folder,
     loads the checkpoint, runs the test and writes the report (its "run" entry: the step scored and
     why, the model configuration, the command line, the crop and precision)."""
-    from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX and Orbax only when a model is run)
+    from mantra_jax.infer.predict import Predictor  # noqa: PLC0415  (JAX and Orbax only when a model is run)
     from mantra_jax.metrics.progress import ProgressLine  # noqa: PLC0415
 
     list_camera_images(data_dir)  # a bad folder fails before the model is loaded

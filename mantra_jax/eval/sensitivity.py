@@ -29,7 +29,7 @@ half of the patch is forged, so the paper's negation rule (for masks over 50 %) 
 is off here. Everything is deterministic given the seed: sample i's patch and mask come from
 (seed, i), a leaf's noise from (seed, i, leaf). The predictor is any ``predict_batch(uint8
 N x H x W x 3) -> N x H x W`` likelihoods in [0, 1]: ``per_image`` adapts a single-image one, and
-a ManTra-Net network's is ``mantra_jax.predict.Predictor.predict_batch``. The figures are drawn by
+a ManTra-Net network's is ``mantra_jax.infer.predict.Predictor.predict_batch``. The figures are drawn by
 mantra_jax/eval/plots.py.
 """
 from __future__ import annotations
@@ -471,7 +471,7 @@ def evaluate_checkpoint(checkpoint, out_dir, *, data_dir: Optional[str] = None, 
     `data_dir` and `patch` left None come from the trainer's flags.txt (--data_dir,
     --patch_size), else the bundled photos and 256; run.json lists those taken from it."""
     from mantra_jax.data import bundled, photos  # noqa: PLC0415
-    from mantra_jax.predict import Predictor  # noqa: PLC0415  (JAX only when a model is run)
+    from mantra_jax.infer.predict import Predictor  # noqa: PLC0415  (JAX only when a model is run)
 
     settings, taken = provenance.settings_from_checkpoint(
         checkpoint, {"data_dir": data_dir, "patch": patch}, TRAINER_FLAGS, {"data_dir": "", "patch": 256})

@@ -77,7 +77,7 @@ def symmetric_conv(x_NxHxWxC, kernel_HWIO, bias=None, activation=None):
 def _border_fill(r, interior, top, bottom, left, right):
     """`interior` with its outer band of r pixels replaced: rows by top/bottom, then columns (and
     so the corners) by left/right. In-place updates (what XLA makes of `.at[...].set` here anyway;
-    written out, they stay updates of slices on symbolic shapes too, see mantra_jax/export.py)."""
+    written out, they stay updates of slices on symbolic shapes too, see mantra_jax/infer/export.py)."""
     height, width = interior.shape[1:3]
     put = jax.lax.dynamic_update_slice
     y = put(put(interior, top, (0, 0, 0, 0)), bottom, (0, height - r, 0, 0))

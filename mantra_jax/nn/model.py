@@ -6,7 +6,7 @@
 
 Parameter keys follow the released Keras model (Featex/b1c1 ... transform, outlierTrans, glbStd,
 cLSTM, pred; batch-norm statistics under bnorm), so published weights map onto them mechanically
-(mantra_jax/convert.py). The SRM kernels are constants, not parameters.
+(mantra_jax/infer/convert.py). The SRM kernels are constants, not parameters.
 """
 from __future__ import annotations
 

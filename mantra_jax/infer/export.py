@@ -310,7 +310,7 @@ def export_checkpoint(checkpoint, out, *, formats: Sequence[str] = ("stablehlo",
     against Predictor.predict and writes OUT/export_check.json (returned); raises
     ExportCheckFailed (after writing the report) when a difference reaches `tolerance`."""
     from mantra_jax import checkpoint as checkpoint_lib
-    from mantra_jax.predict import Predictor  # Orbax and the CLI helpers only here
+    from mantra_jax.infer.predict import Predictor  # Orbax and the CLI helpers only here
 
     unknown = set(formats) - {"stablehlo", "onnx"}
     if unknown or not formats:
