@@ -178,11 +178,11 @@ def _programs(row: str, dtype, device):
     if row == "tile1":
         size = (tiled.DEFAULT_TILE + 2 * halo_featex,) * 2
         interior = abstract(jax.ShapeDtypeStruct((4,), jnp.int32))
-        return (lambda v, rgb, s, start, inner: tiled._pass1_tile(v, rgb, s, start, inner, cfg=cfg, dtype=dtype,
+        return (lambda v, rgb, s, start, inner: tiled.pass1_tile(v, rgb, s, start, inner, cfg=cfg, dtype=dtype,
                                                                   size=size)), (variables, image, stored, pair, interior), (2,)
     size = (tiled.DEFAULT_TILE + 2 * halo_ladn,) * 2
     moments = abstract(jax.ShapeDtypeStruct((cfg.adapt_dim,), jnp.float32))
-    return (lambda v, rgb, s, start, mean, std: tiled._pass2_tile(
+    return (lambda v, rgb, s, start, mean, std: tiled.pass2_tile(
         v, rgb, s, start, start, mean, std, cfg=cfg, dtype=dtype, size=size, feature_size=size)), (
         variables, image, stored, pair, moments, moments), ()
 

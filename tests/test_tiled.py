@@ -59,10 +59,10 @@ def test_pass1_tile_moments_cover_only_the_interior_and_store_in_place():
     rgb = _image(40, 50)
     stored = jax.numpy.full((40, 50, cfg.adapt_dim), -7.0)
     start, interior = np.asarray((4, 6), np.int32), np.asarray((3, 20, 5, 9), np.int32)  # crop coordinates
-    new, mean, m2 = tiled._pass1_tile(variables, rgb, stored, start, interior, cfg=cfg, dtype=np.float32,
+    new, mean, m2 = tiled.pass1_tile(variables, rgb, stored, start, interior, cfg=cfg, dtype=np.float32,
                                       size=(30, 40))
     rows, cols = slice(4 + 3, 4 + 20), slice(6 + 5, 6 + 9)
-    crop = np.asarray(tiled._crop_features(variables, rgb, (4, 6), (30, 40), cfg, np.float32))
+    crop = np.asarray(tiled.crop_features(variables, rgb, (4, 6), (30, 40), cfg, np.float32))
     block = crop[3:20, 5:9].reshape(-1, cfg.adapt_dim).astype(np.float64)
     np.testing.assert_allclose(np.asarray(mean), block.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(m2), np.square(block - block.mean(0)).sum(0), rtol=1e-4, atol=1e-5)

@@ -203,7 +203,7 @@ class FeatureHead(NamedTuple):
     radius: int  # its receptive radius beyond Featex's
 
 
-def _crop_features(variables, rgb_HxWx3, start, size, cfg, dtype, with_featex=False):
+def crop_features(variables, rgb_HxWx3, start, size, cfg, dtype, with_featex=False):
     """Featex and the adaptation layer (the same ops as `model.apply`) on the `size` crop of the
     image at `start` (traced, so every crop of one shape shares one compilation); with
     `with_featex`, (adapted features, Featex features)."""
@@ -224,13 +224,13 @@ def _interior_mask(size, interior):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "dtype", "size", "head_fn"),
                    donate_argnames=("stored_HxWxC", "head_store_HxWxK"))
-def _pass1_tile(variables, rgb_HxWx3, stored_HxWxC, start, interior, head_variables=None, head_store_HxWxK=None, *,
+def pass1_tile(variables, rgb_HxWx3, stored_HxWxC, start, interior, head_variables=None, head_store_HxWxK=None, *,
                 cfg, dtype, size, head_fn=None):
     """Adapted features of one crop. Returns (the image's feature store with the crop's interior
     written in place, or None; the interior's per-channel mean; its sum of squared deviations from
     that mean), and with a `head_fn` (FeatureHead.fn) also its store with the crop's interior
     written in place. Interior in crop coordinates."""
-    y, feat = _crop_features(variables, rgb_HxWx3, start, size, cfg, dtype, with_featex=True)
+    y, feat = crop_features(variables, rgb_HxWx3, start, size, cfg, dtype, with_featex=True)
     inside = _interior_mask(size, interior)
     count = ((interior[1] - interior[0]) * (interior[3] - interior[2])).astype(jnp.float32)
     mean = jnp.sum(jnp.where(inside, y, 0.0), axis=(0, 1)) / count
@@ -248,14 +248,14 @@ def _pass1_tile(variables, rgb_HxWx3, stored_HxWxC, start, interior, head_variab
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "dtype", "size", "feature_size"))
-def _pass2_tile(variables, rgb_HxWx3, stored_HxWxC, start, feature_start, mean_C, std_C, *, cfg, dtype, size,
+def pass2_tile(variables, rgb_HxWx3, stored_HxWxC, start, feature_start, mean_C, std_C, *, cfg, dtype, size,
                 feature_size):
     """The local part of the LADN on the `size` crop at `start`, scored against the image-wide
     moments: probabilities on that crop. Its adapted features come from the store, or, without
     one, are recomputed from the `feature_size` crop at `feature_start` (the crop plus its
     Featex halo)."""
     if stored_HxWxC is None:
-        features = _crop_features(variables, rgb_HxWx3, feature_start, feature_size, cfg, dtype)
+        features = crop_features(variables, rgb_HxWx3, feature_start, feature_size, cfg, dtype)
         at = (start[0] - feature_start[0], start[1] - feature_start[1], 0)
     else:
         features, at = stored_HxWxC, (start[0], start[1], 0)
@@ -337,7 +337,7 @@ def tiled_probabilities(
         interior = np.asarray(
             (r.start - r.crop_start, r.stop - r.crop_start, c.start - c.crop_start, c.stop - c.crop_start), np.int32
         )
-        stored, mean, m2, *head = _pass1_tile(variables, rgb, stored, corner(r, c), interior, head_variables, head_store,
+        stored, mean, m2, *head = pass1_tile(variables, rgb, stored, corner(r, c), interior, head_variables, head_store,
                                               cfg=cfg, dtype=dtype, size=size, head_fn=head_fn)
         head_store = head[0] if head else None
         moments.merge((r.stop - r.start) * (c.stop - c.start), np.asarray(mean), np.asarray(m2))
@@ -353,7 +353,7 @@ def tiled_probabilities(
         # Without a store, the crop's own features are exact only with a Featex halo around it.
         fr0, fr1 = crop_range(r.crop_start, r.crop_stop, size[0], halo_featex, height)
         fc0, fc1 = crop_range(c.crop_start, c.crop_stop, size[1], halo_featex, width)
-        prob = np.asarray(_pass2_tile(
+        prob = np.asarray(pass2_tile(
             variables, rgb, stored, corner(r, c), np.asarray((fr0, fc0), np.int32), mean, std,
             cfg=cfg, dtype=dtype, size=size, feature_size=(fr1 - fr0, fc1 - fc0),
         ))
