@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mantra_jax.infer import predict, provenance
+from mantra_jax import provenance
+from mantra_jax.infer import predict
 from mantra_jax.data import images
 from mantra_jax.imc import taxonomy
 from mantra_jax.nn import featex, ladn, model, tiled
