@@ -1,9 +1,12 @@
 """Shared test helpers: synthetic photo folders, random networks drawn in numpy, batch comparison,
-the resume checks every grain stream must pass, and a lock held by another process."""
+the resume checks every grain stream must pass, a lock held by another process, and index.html
+parsed back."""
 import contextlib
+import html.parser
 import json
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import cv2
@@ -108,3 +111,56 @@ def hold_lock(folder):
     finally:
         holder.kill()
         holder.wait()
+
+
+class PageParser(html.parser.HTMLParser):
+    """Rows of the images table (their cells' text, links and image sources), skipped rows, and
+    every href/src of the page."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.rows, self.skipped, self.links = [], [], []
+        self._row = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and attrs.get("class") in ("image", "skip"):
+            self._row = {"kind": attrs["class"], "text": [], "href": [], "src": []}
+        for name in ("href", "src"):
+            if name in attrs and not attrs[name].startswith("#"):
+                self.links.append(attrs[name])
+                if self._row is not None:
+                    self._row[name].append(attrs[name])
+
+    def handle_data(self, data):
+        if self._row is not None and data.strip():
+            self._row["text"].append(data.strip())
+
+    def handle_endtag(self, tag):
+        if tag == "tr" and self._row is not None:
+            (self.rows if self._row["kind"] == "image" else self.skipped).append(self._row)
+            self._row = None
+
+
+def parse_page(path) -> PageParser:
+    """An index.html (mantra_jax/metrics/pages.py) parsed back."""
+    page = PageParser()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def resolve_link(folder, link) -> Path:
+    assert "://" not in link and not link.startswith("/")  # relative: nothing fetched from anywhere
+    return (folder / urllib.parse.unquote(link)).resolve()
+
+
+def check_page(folder, n_rows: int, skipped_files=()) -> PageParser:
+    """folder/index.html has `n_rows` image rows, every link and image source is a file, and the
+    skipped table lists exactly `skipped_files` (paths, each row with a reason)."""
+    page = parse_page(Path(folder) / "index.html")
+    assert len(page.rows) == n_rows
+    for link in page.links:
+        assert resolve_link(Path(folder), link).is_file(), link
+    assert sorted(row["text"][0] for row in page.skipped) == sorted(map(str, skipped_files))
+    assert all(len(row["text"]) == 2 and row["text"][1] for row in page.skipped)
+    return page

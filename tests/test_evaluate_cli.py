@@ -14,6 +14,7 @@ import pytest
 from mantra_jax import provenance
 from mantra_jax.errors import UserError
 from mantra_jax.eval import datasets, evaluate
+from tests.helpers import check_page
 
 HEIGHT, WIDTH = 32, 48
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +88,15 @@ def test_perfect_predictor_report(bench, tmp_path):
     panel = cv2.imread(str(out / "panels" / panels[0]))
     assert panel.shape[1] == 3 * WIDTH + 8  # photo | truth | prediction with two gaps
     assert (out / "stats.npz").exists() and (out / "authentic_stats.npz").exists()
+    # index.html: the headline numbers and panels on top, one row per forged and authentic image.
+    page = check_page(out, 5 + 3)
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "pixel AUC, per-image mean</th><td class=\"num\">1.0000" in text and "image AUC" in text
+    assert sum(link.startswith("panels/") for link in page.links) == 2 * 8
+    forged = [row for row in page.rows if "forged" in row["text"]]
+    assert len(forged) == 5 and all(len(row["src"]) == 4 for row in forged)  # photo, truth, overlay, mask
+    assert sorted(row["text"][1] for row in forged) == sorted(r["image"] for r in rows)
+    assert all(row["text"][3:5] == ["forged", "1.0000"] for row in forged)  # set, AUC
 
 
 def test_inverted_and_constant_predictors(bench, tmp_path):
@@ -108,6 +118,7 @@ def test_skips_are_counted_and_resizing_recovers_them(bench, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     reasons = sorted(s["reason"] for s in report["skipped"] if s["kind"] == "image")
     assert reasons == ["no mask", "size mismatch", "unreadable"]
+    check_page(tmp_path / "out", 4 + 3, [s["path"] for s in report["skipped"]])
     resized = _run(bench, perfect, tmp_path / "out2", resize_masks=True)
     # img1's mask is now all zero: scored, but without an AUC, never as 0.
     assert resized["n_skipped"] == 2 and resized["n_images"] == 5
@@ -133,6 +144,7 @@ def test_recompute_from_stats_matches_and_changes_only_the_scoring(bench, tmp_pa
     flipped = evaluate.recompute_from_stats(tmp_path / "first", tmp_path / "flipped",
                                             evaluate.EvaluationOptions(negate_rule=False, invert_predictions=True))
     assert flipped["f1_at_0.5_mean"] == 1.0 and flipped["run"]["recomputed_from"] == str(tmp_path / "first")
+    assert all(len(row["src"]) == 2 for row in check_page(tmp_path / "flipped", 5).rows)  # photo, truth
 
 
 def test_the_model_path_with_a_fake_predictor(bench, tmp_path, monkeypatch):

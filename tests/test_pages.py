@@ -1,52 +1,11 @@
 """index.html: parsed back, every link resolves, one row per image, orders, thumbnails, skipped files."""
-import html.parser
-import urllib.parse
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from mantra_jax.metrics import pages
-
-
-class _Page(html.parser.HTMLParser):
-    """Rows of the images table (their cells' text, links and image sources), skipped rows, and
-    every href/src of the page."""
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.rows, self.skipped, self.links = [], [], []
-        self._row = None
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "tr" and attrs.get("class") in ("image", "skip"):
-            self._row = {"kind": attrs["class"], "text": [], "href": [], "src": []}
-        for name in ("href", "src"):
-            if name in attrs and not attrs[name].startswith("#"):
-                self.links.append(attrs[name])
-                if self._row is not None:
-                    self._row[name].append(attrs[name])
-
-    def handle_data(self, data):
-        if self._row is not None and data.strip():
-            self._row["text"].append(data.strip())
-
-    def handle_endtag(self, tag):
-        if tag == "tr" and self._row is not None:
-            (self.rows if self._row["kind"] == "image" else self.skipped).append(self._row)
-            self._row = None
-
-
-def _parse(path):
-    page = _Page()
-    page.feed(path.read_text(encoding="utf-8"))
-    return page
-
-
-def _resolve(folder, link):
-    assert "://" not in link and not link.startswith("/")  # relative: nothing fetched from anywhere
-    return (folder / urllib.parse.unquote(link)).resolve()
+from tests.helpers import parse_page, resolve_link
 
 
 def _png(path, height, width, seed=0):
@@ -74,9 +33,9 @@ def test_the_pages_link_every_image_sort_by_score_and_list_the_skipped(tmp_path)
     assert index == out / "index.html"
 
     for name, (_, key, descending) in pages.PAGES.items():
-        parsed = _parse(out / name)
+        parsed = parse_page(out / name)
         for link in parsed.links:
-            assert _resolve(out, link).is_file(), link
+            assert resolve_link(out, link).is_file(), link
         assert len(parsed.rows) == 3
         shown = [row["text"][1] for row in parsed.rows]
         if name == "index.html":
@@ -89,17 +48,17 @@ def test_the_pages_link_every_image_sort_by_score_and_list_the_skipped(tmp_path)
         # The other orders are linked from each page.
         assert set(pages.PAGES) - {name} <= set(parsed.links)
 
-    parsed = _parse(index)
+    parsed = parse_page(index)
     first = parsed.rows[1]  # "a photo #1.png": 600 x 400, shown through a thumbnail
     photo_link, photo_src = first["href"][0], first["src"][0]
     assert "%23" in photo_link and "%20" in photo_link and "#" not in photo_link
-    assert _resolve(out, photo_link) == (inputs / names[0]).resolve()
-    thumb = _resolve(out, photo_src)
+    assert resolve_link(out, photo_link) == (inputs / names[0]).resolve()
+    thumb = resolve_link(out, photo_src)
     assert thumb.parent == (out / pages.THUMBS_DIR).resolve()
     assert max(cv2.imdecode(np.fromfile(thumb, np.uint8), 1).shape[:2]) == pages.THUMB_MAX_SIDE
     small = parsed.rows[0]  # small images are shown as they are
     assert small["href"][:2] == small["src"][:2]
-    assert _resolve(out, small["src"][2]) == (out / "été ß?_trace_L1.png").resolve()
+    assert resolve_link(out, small["src"][2]) == (out / "été ß?_trace_L1.png").resolve()
     assert len(parsed.rows[2]["src"]) == 2  # no trace for this one: an empty cell
     text = index.read_text(encoding="utf-8")
     assert "predict &lt;test&gt; &amp; co" in text and "<script" not in text and "0.7500" in text
@@ -109,11 +68,11 @@ def test_the_pages_link_every_image_sort_by_score_and_list_the_skipped(tmp_path)
 def test_the_page_is_rewritten_as_the_run_goes_and_marks_missing_images(tmp_path):
     page = pages.RunPage(tmp_path, title="run")
     page.add(pages.PageRow("one", {"mask": _png(tmp_path / "one_mask.png", 8, 8)}, score=0.1))
-    assert len(_parse(page.write(refresh_seconds=30)).rows) == 1
+    assert len(parse_page(page.write(refresh_seconds=30)).rows) == 1
     assert 'http-equiv="refresh"' in (tmp_path / "index.html").read_text()
     page.add(pages.PageRow("two", {"mask": tmp_path / "two_mask.png"}, score=0.3))  # not written
-    parsed = _parse(page.write())
+    parsed = parse_page(page.write())
     assert len(parsed.rows) == 2 and "refresh" not in (tmp_path / "index.html").read_text()
     assert parsed.rows[0]["src"] == [] and "mask: missing or unreadable" in parsed.rows[0]["text"]
     for link in parsed.links:
-        assert _resolve(tmp_path, link).is_file()
+        assert resolve_link(tmp_path, link).is_file()

@@ -262,6 +262,7 @@ def _command(*args):
 def test_command_line_help_and_errors(folder, ckpt, tmp_path):
     done = _command("--help")
     assert "--checkpoint" in done.stdout and "--npy" in done.stdout and "--precision" in done.stdout
+    assert "--trace_checkpoint" in done.stdout and "--trace_level" in done.stdout
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
     done = _command("--checkpoint", ckpt, "--out", a_file, folder / "colour.png")  # one line, no traceback
@@ -324,3 +325,77 @@ def test_outputs_are_named_and_first_frames_noted(ckpt, tmp_path, capsys):
     assert [rows[n]["output"] for n in ("single.tif", "single.png")] == ["single", "single-2"]
     assert (out / "single-2_mask.png").exists()
     assert "first of 3 frames read" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Manipulation maps (--trace_checkpoint) and index.html
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def imc_ckpts(ckpt, tmp_path_factory):
+    """IMC checkpoints: at level 5 with the mask checkpoint's Featex (a half-freeze pair), and at level 0."""
+    from mantra_jax.imc import taxonomy
+
+    root = tmp_path_factory.mktemp("imc")
+    _, mask_variables = checkpoint.load_model(ckpt)
+    for name, level in (("L5", 5), ("L0", 0)):
+        cfg = TINY.replace(head="imc", num_classes=taxonomy.LEVEL_SIZES[level])
+        variables = jax.tree.map(np.asarray, model.init(jax.random.key(7 + level), cfg))
+        variables["params"]["Featex"] = mask_variables["params"]["Featex"]
+        checkpoint.save_model(root / name, cfg, variables)
+    return root
+
+
+def _summary(out):
+    with open(out / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_trace_maps_alone_and_with_the_mask_and_the_page(folder, ckpt, imc_ckpts, tmp_path, capsys):
+    from mantra_jax.imc import taxonomy
+    from mantra_jax.infer import trace
+    from tests.helpers import check_page
+
+    stems = ["alpha", "colour", "deep", "grey", "colour-2"]
+    alone, both = tmp_path / "alone", tmp_path / "both"
+    assert predict.predict_folder(None, [str(folder)], alone, trace_checkpoint=imc_ckpts / "L5") == 0
+    assert predict.predict_folder(ckpt, [str(folder)], both, trace_checkpoint=imc_ckpts / "L5", trace_level=1) == 0
+    assert "Featex shared with the mask model" in capsys.readouterr().err
+    assert json.loads((both / "run.json").read_text())["trace"]["featex_shared"] is True
+    names = set(taxonomy.class_names(1))
+    for out in (alone, both):
+        assert sorted(p.name for p in out.glob("trace_legend_*.png")) == ["trace_legend_L1.png"]
+        rows = _summary(out)
+        assert list(rows[0]) == list(predict.SUMMARY_FIELDS + trace.TRACE_SUMMARY_FIELDS)
+        assert [r["output"] for r in rows] == stems
+        for row in rows:
+            assert row["trace_level"] == "1" and row["trace_dominant"] in names
+            assert 0 < float(row["trace_dominant_share"]) <= 1
+            assert cv2.imread(str(out / f"{row['output']}_trace_L1.png")).shape == SHAPE + (3,)
+        check_page(out, len(stems), [folder / "broken.png"])
+    assert not list(alone.glob("*_mask.png")) and all(r["score"] == "" for r in _summary(alone))
+    assert len(list(both.glob("*_mask.png"))) == len(stems) and all(float(r["score"]) > 0 for r in _summary(both))
+    # Featex once or twice: the same maps (but for float32 near-ties).
+    for stem in stems:
+        a, b = (cv2.imread(str(out / f"{stem}_trace_L1.png")) for out in (alone, both))
+        assert np.mean(np.all(a == b, axis=-1)) > 0.999
+    first_row = check_page(both, len(stems), [folder / "broken.png"]).rows[0]["text"]
+    assert any(name in first_row for name in names)  # the dominant class is shown
+
+
+def test_wrong_kind_checkpoints_are_one_line_errors(folder, ckpt, imc_ckpts, tmp_path):
+    image = str(folder / "colour.png")
+    cases = [
+        (f"cannot use the trace checkpoint {ckpt}: it is a ManTra-Net .* give it as --checkpoint",
+         dict(checkpoint=None, trace_checkpoint=ckpt)),
+        (f"cannot use the trace checkpoint {imc_ckpts / 'L0'}: the IMC checkpoint was trained at level 0",
+         dict(checkpoint=ckpt, trace_checkpoint=imc_ckpts / "L0", trace_level=1)),
+        ("give a ManTra-Net checkpoint", dict(checkpoint=None)),
+    ]
+    for message, kwargs in cases:
+        with pytest.raises(UserError, match=message):
+            predict.predict_folder(kwargs.pop("checkpoint"), [image], tmp_path / "o", **kwargs)
+    done = _command("--checkpoint", imc_ckpts / "L5", "--out", tmp_path / "o", image)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: cannot use the checkpoint {imc_ckpts / 'L5'}: it is an IMC (manipulation type) checkpoint "
+        "(head 'imc'), not a ManTra-Net (forgery mask) checkpoint: give it as --trace_checkpoint"]

@@ -4,14 +4,21 @@
 OUT/report.json, report.md, per_image.csv, panels/ (best and worst images) and the per-image
 statistics (stats.npz, authentic_stats.npz) from which `recompute_from_stats` recomputes every
 metric variant without a model; `evaluate_checkpoint` pairs the folders and scores a checkpoint.
+OUT/index.html (mantra_jax/metrics/pages.py) shows the headline numbers and the best/worst panels
+at the top, then one row per scored image (photo, ground truth, overlay, mask, image score, AUC,
+F1 at 0.5; the overlay and mask as small images under maps/, never full size) and the skipped
+files with their reasons; it is rewritten every PAGE_INTERVAL_S seconds while the run goes on.
 Metric conventions: mantra_jax/eval/pixel_metrics.py; folder layouts (presets):
 mantra_jax/eval/datasets.py. Images read as their first frame (animated GIF, multi-page TIFF) are
 listed under `notes` in report.json and in the note column of per_image.csv.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
+import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,8 +32,12 @@ from mantra_jax.eval import datasets
 from mantra_jax.metrics import pixel as pixel_metrics
 from mantra_jax.metrics import plots, report
 from mantra_jax.metrics.progress import ProgressLine
+from mantra_jax.metrics import pages
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
+PAGE_INTERVAL_S = 10.0  # index.html is rewritten at most this often during a run (and at the end)
+MAPS_DIR = "maps"  # the page's small overlay and mask images
+PAGE_VALUES = (("set", None), ("AUC", "auc"), ("F1 at 0.5", "f1_at_0.5"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +81,53 @@ def _count_skips(skipped: Sequence[dict]) -> dict:
         "n_not_forged": kinds.count("not_forged"),
         "n_authentic_skipped": kinds.count("authentic"),
     }
+
+
+def _new_page(out_dir: Path, metadata: dict | None, skipped: Sequence[dict] = ()) -> pages.RunPage:
+    run = metadata or {}
+    title = "evaluate: " + (provenance.describe(run) if "step" in run and "checkpoint" in run else
+                            str(run.get("recomputed_from", "predictions")))
+    page = pages.RunPage(out_dir, title=title, image_columns=("photo", "ground truth", "overlay", "mask"),
+                         value_columns=[label for label, _ in PAGE_VALUES])
+    for s in skipped:
+        _page_skip(page, s)
+    return page
+
+
+def _page_skip(page: pages.RunPage, s: dict) -> None:
+    page.skip(s["path"], f"{s['kind']}: {s['reason']}" + (f" ({s['detail']})" if s.get("detail") else ""))
+
+
+def _page_row(page: pages.RunPage, row: dict, options: EvaluationOptions, shown: dict, kind: str) -> None:
+    values = {label: kind if key is None else row.get(key) for label, key in PAGE_VALUES}
+    page.add(pages.PageRow(row.get("image") or row["name"], shown, score=row.get(f"image_score_{options.image_score}"),
+                           values=values))
+
+
+def _write_maps(folder: Path, k: int, name: str, rgb: np.ndarray, prob: np.ndarray) -> dict:
+    """The page's overlay (JPEG) and mask (PNG) of one image, as mantra_jax/infer/predict.py draws them
+    full size, at most pages.THUMB_MAX_SIDE pixels on a side."""
+    import cv2  # noqa: PLC0415
+
+    from mantra_jax.infer import predict  # noqa: PLC0415  (JAX only when a model is run)
+
+    small_rgb, _, small_prob = plots.thumbnail(rgb, np.zeros(rgb.shape[:2], np.uint8), prob, pages.THUMB_MAX_SIDE)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{k:05d}_" + (re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "image")
+    paths = {"overlay": folder / f"{stem}_overlay.jpg", "mask": folder / f"{stem}_mask.png"}
+    overlay = cv2.cvtColor(predict.overlay_image(small_rgb, small_prob), cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".jpg", overlay, (cv2.IMWRITE_JPEG_QUALITY, pages.THUMB_JPEG_QUALITY))
+    if not ok:
+        raise OSError(f"{paths['overlay']}: JPEG encoding failed")
+    paths["overlay"].write_bytes(data.tobytes())
+    predict.write_png(paths["mask"], predict.mask_image(small_prob))
+    return paths
+
+
+def _headline(summary: dict) -> dict:
+    numbers = {label: summary[key] for key, label in report.HEADLINE_METRICS if key in summary}
+    numbers.update({key: summary[key] for key in ("n_images", "n_skipped", "n_authentic") if key in summary})
+    return numbers
 
 
 def _finish(out_dir: Path, stats, authentic_stats, rows, skipped, options: EvaluationOptions,
@@ -121,6 +179,20 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
             if row is not None:
                 row["note"] = note
 
+    page = _new_page(out_dir, metadata, skipped)
+    page_written = time.monotonic()
+    page.write(refresh_seconds=round(PAGE_INTERVAL_S))
+
+    def page_progress():
+        nonlocal page_written
+        if time.monotonic() - page_written >= PAGE_INTERVAL_S:
+            page.write(refresh_seconds=round(PAGE_INTERVAL_S))
+            page_written = time.monotonic()
+
+    def skip(entry: datasets.Skipped):
+        skipped.append(entry.to_dict())
+        _page_skip(page, skipped[-1])
+
     stats, rows = [], []
     bar = ProgressLine(len(pairs), "forged") if progress and pairs else None
     for i, pair in enumerate(pairs, start=1):
@@ -128,7 +200,7 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
             rgb, mask = datasets.load_pair(pair, invert_masks=options.invert_masks, preset=options.preset,
                                            resize_masks=options.resize_masks)
         except datasets.UnusableSample as e:
-            skipped.append(datasets.Skipped(str(pair.image), e.reason, "image", str(e)).to_dict())
+            skip(datasets.Skipped(str(pair.image), e.reason, "image", str(e)))
             logging.warning("skipped %s", e)
             if bar:
                 bar.update(i)
@@ -143,6 +215,10 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
         rows.append(row)
         panel_score = row["auc"] if row["auc"] is not None else row["f1_at_0.5"]
         panels.offer(panel_score, pair.name, rgb, mask, prob, _caption(row))
+        shown = {"photo": pair.image, "ground truth": pair.mask,
+                 **_write_maps(out_dir / MAPS_DIR, len(rows), pair.name, rgb, prob)}
+        _page_row(page, row, options, shown, "forged")
+        page_progress()
         if bar:
             bar.update(i)
 
@@ -154,22 +230,29 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
             try:
                 rgb = datasets.read_rgb(path)
             except datasets.UnusableSample as e:
-                skipped.append(datasets.Skipped(str(path), e.reason, "authentic", str(e)).to_dict())
+                skip(datasets.Skipped(str(path), e.reason, "authentic", str(e)))
                 logging.warning("skipped %s", e)
                 if bar:
                     bar.update(i)
                 continue
             name = Path(path).stem
             note_frames(path)
-            authentic_stats.append(
-                pixel_metrics.image_stats(_predict(predict_fn, rgb, name), None, bins=options.bins, name=name))
+            prob = _predict(predict_fn, rgb, name)
+            authentic_stats.append(pixel_metrics.image_stats(prob, None, bins=options.bins, name=name))
+            row = {**pixel_metrics.image_metrics(authentic_stats[-1], negate_rule=options.negate_rule,
+                                                 invert=options.invert_predictions), "image": str(path)}
+            shown = {"photo": path, **_write_maps(out_dir / MAPS_DIR, len(rows) + len(authentic_stats) - 1, name,
+                                                  rgb, prob)}
+            _page_row(page, row, options, shown, "authentic")
+            page_progress()
             if bar:
                 bar.update(i)
         pixel_metrics.save_stats(out_dir / "authentic_stats.npz", authentic_stats, bins=options.bins)
     pixel_metrics.save_stats(out_dir / "stats.npz", stats, bins=options.bins)
 
     summary = _finish(out_dir, stats, authentic_stats, rows, skipped, options, metadata, notes)
-    panels.write(out_dir / "panels")
+    page.set_headline(_headline(summary), figures=panels.write(out_dir / "panels"))
+    page.write()
     return summary
 
 
@@ -203,8 +286,21 @@ def recompute_from_stats(stats_dir: str | Path, out_dir: str | Path,
     reading = {k: v for k, v in previous.get("options", {}).items()
                if k in ("preset", "invert_masks", "resize_masks", "max_images")}
     options = dataclasses.replace(options, bins=stats[0].bins if stats else options.bins, **reading)
-    return _finish(Path(out_dir), stats, authentic_stats, rows, previous.get("skipped", []), options, metadata,
-                   previous.get("notes", []))
+    summary = _finish(Path(out_dir), stats, authentic_stats, rows, previous.get("skipped", []), options, metadata,
+                      previous.get("notes", []))
+    # The page: the new numbers, with the photos and masks the earlier run's per_image.csv names.
+    files = {}
+    if (stats_dir / "per_image.csv").is_file():
+        with open(stats_dir / "per_image.csv", newline="") as f:
+            files = {r["name"]: r for r in csv.DictReader(f)}
+    page = _new_page(Path(out_dir), metadata, previous.get("skipped", []))
+    for row in rows:
+        earlier = files.get(row["name"], {})
+        shown = {"photo": earlier.get("image") or None, "ground truth": earlier.get("mask") or None}
+        _page_row(page, {**row, "image": earlier.get("image")}, options, shown, "forged")
+    page.set_headline(_headline(summary))
+    page.write()
+    return summary
 
 
 def _check_out(out_dir) -> None:

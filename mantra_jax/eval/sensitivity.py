@@ -30,7 +30,7 @@ is off here. Everything is deterministic given the seed: sample i's patch and ma
 (seed, i), a leaf's noise from (seed, i, leaf). The predictor is any ``predict_batch(uint8
 N x H x W x 3) -> N x H x W`` likelihoods in [0, 1]: ``per_image`` adapts a single-image one, and
 a ManTra-Net network's is ``mantra_jax.infer.predict.Predictor.predict_batch``. The figures are drawn by
-mantra_jax/eval/plots.py.
+mantra_jax/metrics/plots.py.
 """
 from __future__ import annotations
 

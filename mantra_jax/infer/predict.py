@@ -11,6 +11,7 @@ From Python (e.g. a notebook), load once and predict many times:
 `predict_folder`, the command line (experiments/predict.py)
 
     python -m experiments.predict --checkpoint DIR --out OUTDIR [--step best] [--npy] IMAGE_OR_FOLDER...
+    python -m experiments.predict [--checkpoint DIR] --trace_checkpoint IMC_DIR [--trace_level 1] --out OUTDIR ...
 
 writes for each image OUTDIR/<output>_mask.png (round(255 p), 8-bit grey), OUTDIR/<output>_overlay.png
 (a JET heat map blended over the photo), with --npy OUTDIR/<output>.npy (float32 H x W), and one row
@@ -25,6 +26,17 @@ returns 1 (the command's exit status) when no image at all was processed and rai
 (exit status 2, one line) for an unusable checkpoint or an --out that is a file. OUTDIR/run.json records the checkpoint
 step read (--step best | latest | N) and why, the model configuration and the command line
 (mantra_jax.provenance).
+
+With an IMC checkpoint (`trace_checkpoint`, beside the mask checkpoint or alone) each image also
+gets OUTDIR/<output>_trace_L<k>.png, its manipulation map at hierarchy level k
+(mantra_jax/infer/trace.py: palette, threshold grey), the folder one trace_legend_L<k>.png, and
+summary.csv the columns trace.TRACE_SUMMARY_FIELDS (dominant class, its share, the next classes);
+run.json records the IMC checkpoint under "trace". Without a mask checkpoint the mask, overlay
+and score are left out. When the mask model's Featex is the IMC model's, Featex runs once.
+
+OUTDIR/index.html (mantra_jax/metrics/pages.py) shows one row per image (photo, overlay, mask,
+trace map, score, dominant class) and the skipped files with their reasons; it is rewritten
+every PAGE_INTERVAL_S seconds while the run goes on (reloading itself in a browser) and at the end.
 
 An image takes the whole-image pass when it has at most `max_untiled_pixels` pixels and XLA's
 memory analysis of that pass fits the free memory of the device (mantra_jax.nn.tiled.
@@ -52,6 +64,7 @@ from mantra_jax import workdir
 from mantra_jax.data import images
 from mantra_jax.errors import UserError
 from mantra_jax.metrics.progress import ProgressLine
+from mantra_jax.metrics import pages
 from mantra_jax.nn import featex, model, tiled
 from mantra_jax.nn.config import ModelConfig
 
@@ -63,6 +76,7 @@ from mantra_jax.nn.config import ModelConfig
 DEFAULT_MAX_UNTILED_PIXELS = 2_000_000
 OVERLAY_ALPHA = 0.5
 SUMMARY_FIELDS = ("file", "output", "height", "width", "score", "seconds", "note")
+PAGE_INTERVAL_S = 10.0  # index.html is rewritten at most this often during a run (and at the end)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
@@ -279,10 +293,17 @@ def _unique_stem(stem: str, used: set) -> str:
 def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.StepChoice = provenance.DEFAULT_STEP,
                    precision: str = "float32", tile: Optional[int] = None,
                    max_untiled_pixels: int = DEFAULT_MAX_UNTILED_PIXELS, npy: bool = False,
-                   max_pixels: int = images.DEFAULT_MAX_PIXELS) -> int:
+                   max_pixels: int = images.DEFAULT_MAX_PIXELS, trace_checkpoint=None, trace_level: Optional[int] = None,
+                   trace_threshold: Optional[float] = None) -> int:
     """Predicts every image of `inputs` (files or folders) into the folder `out` (see the module
-    docstring for what is written). Returns 0 when at least one image was processed, else 1;
-    raises UserError for an `out` that is a file or in use and for an unusable checkpoint."""
+    docstring for what is written): masks with the ManTra-Net `checkpoint`, manipulation maps at
+    `trace_level` with the IMC `trace_checkpoint`, or both (either may be None, not both);
+    None for the level or the threshold: trace.DEFAULT_LEVEL, trace.DEFAULT_THRESHOLD.
+    Returns 0 when at least one image was processed, else 1; raises UserError for an `out` that
+    is a file or in use and for a missing, unusable or wrong-kind checkpoint."""
+    if checkpoint is None and trace_checkpoint is None:
+        raise UserError("give a ManTra-Net checkpoint (--checkpoint) for forgery masks, an IMC checkpoint "
+                        "(--trace_checkpoint) for manipulation maps, or both")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: give a folder for the outputs")
@@ -301,55 +322,133 @@ def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.S
             else:
                 print("no image to process", file=sys.stderr)
             _write_skipped(out, skipped)
+            _page(out, checkpoint, trace_checkpoint, skipped).write()
             return 1
-        from mantra_jax.checkpoint import CheckpointError
+        predictor = tracer = None
+        if checkpoint is not None:
+            predictor = _load(Predictor, checkpoint, "checkpoint", "ladn", step=step, dtype=precision, tile=tile,
+                              max_untiled_pixels=max_untiled_pixels)
+        if trace_checkpoint is not None:
+            from mantra_jax.infer import trace  # noqa: PLC0415  (trace imports this module)
 
-        try:
-            predictor = Predictor.from_checkpoint(checkpoint, step=step, dtype=precision, tile=tile,
-                                                  max_untiled_pixels=max_untiled_pixels)
-        except (CheckpointError, ValueError) as e:
-            raise UserError(f"cannot use the checkpoint {checkpoint}: {e}") from e
-        return _predict_into(predictor, files, skipped, any_folder, out, npy=npy, max_pixels=max_pixels)
+            trace_level = trace.DEFAULT_LEVEL if trace_level is None else trace_level
+            trace_threshold = trace.DEFAULT_THRESHOLD if trace_threshold is None else trace_threshold
+            tracer = _load(trace.Tracer, trace_checkpoint, "trace checkpoint", "imc", step=step, level=trace_level,
+                           dtype=precision, tile=tile, max_untiled_pixels=max_untiled_pixels)
+        return _predict_into(predictor, tracer, files, skipped, any_folder, out, npy=npy, max_pixels=max_pixels,
+                             threshold=trace_threshold, page=_page(out, checkpoint, trace_checkpoint, skipped))
 
 
-def _predict_into(predictor: Predictor, files, skipped, any_folder: bool, out: Path, *, npy: bool,
-                  max_pixels: int) -> int:
-    print(provenance.describe(predictor.provenance), file=sys.stderr)
-    (out / "run.json").write_text(json.dumps(predictor.provenance, indent=1))
+_KINDS = {"ladn": ("a ManTra-Net (forgery mask) checkpoint", "--checkpoint"),
+          "imc": ("an IMC (manipulation type) checkpoint", "--trace_checkpoint")}
+
+
+def _load(cls, directory, what: str, head: str, *, step, **kwargs):
+    """`cls.from_checkpoint(directory)` (a Predictor or a Tracer), every failure one UserError
+    naming the folder; a checkpoint of the other kind says which flag takes it."""
+    from mantra_jax.checkpoint import CheckpointError, read_model_config  # noqa: PLC0415
+
+    try:
+        cfg = read_model_config(directory)
+        if cfg.head != head:
+            kind, flag = _KINDS.get(cfg.head, (f"a checkpoint with the {cfg.head!r} head", None))
+            raise ValueError(f"it is {kind} (head {cfg.head!r}), not {_KINDS[head][0]}"
+                             + (f": give it as {flag}" if flag else ""))
+        return cls.from_checkpoint(directory, step=step, **kwargs)
+    except (CheckpointError, ValueError) as e:
+        raise UserError(f"cannot use the {what} {directory}: {e}") from e
+
+
+def _page(out: Path, checkpoint, trace_checkpoint, skipped) -> pages.RunPage:
+    models = [f"mask {checkpoint}" if checkpoint is not None else "",
+              f"trace {trace_checkpoint}" if trace_checkpoint is not None else ""]
+    page = pages.RunPage(out, title="predict: " + ", ".join(m for m in models if m))
+    for path, reason in skipped:
+        page.skip(path, reason)
+    return page
+
+
+def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_folder: bool, out: Path, *, npy: bool,
+                  max_pixels: int, threshold: float, page: pages.RunPage) -> int:
+    record = dict(predictor.provenance) if predictor is not None else {}
+    if predictor is not None:
+        print(provenance.describe(predictor.provenance), file=sys.stderr)
+    fields = SUMMARY_FIELDS
+    if tracer is not None:
+        from mantra_jax.infer import trace  # noqa: PLC0415
+
+        both = trace.MaskAndTrace(predictor, tracer) if predictor is not None else None
+        record["trace"] = {**tracer.provenance, "level": tracer.level, "threshold": threshold,
+                           "featex_shared": bool(both and both.shared)}
+        print(f"trace: {provenance.describe(tracer.provenance)}, level {tracer.level}"
+              + (", Featex shared with the mask model" if both and both.shared else ""), file=sys.stderr)
+        fields = SUMMARY_FIELDS + trace.TRACE_SUMMARY_FIELDS
+        legend = trace.write_legend_png(out, tracer.level, threshold)
+        page.set_headline({"trace level": tracer.level, "trace threshold": threshold}, figures=[legend])
+    (out / "run.json").write_text(json.dumps(record, indent=1))
     progress = ProgressLine(len(files), "predict", min_interval_s=0.0) if any_folder or len(files) > 1 else None
+    say = progress.message if progress is not None else lambda t: print(t, file=sys.stderr)
     used_stems: set = set()
-    processed = 0
+    processed, page_written = 0, time.monotonic()
+    page.write(refresh_seconds=round(PAGE_INTERVAL_S))
     with open(out / "summary.csv", "w", newline="") as summary_file:
         summary = csv.writer(summary_file)
-        summary.writerow(SUMMARY_FIELDS)
+        summary.writerow(fields)
         for i, path in enumerate(files, start=1):
             start = time.perf_counter()
+            prob = trace_map = None
             try:
-                rgb, prob = predictor.predict_file(path, max_pixels=max_pixels)
+                rgb = images.read_rgb(path, max_pixels=max_pixels)
+                if tracer is None:
+                    prob = predictor.predict(rgb)
+                elif predictor is None:
+                    trace_map = tracer.trace(rgb)
+                else:
+                    prob, trace_map = both(rgb)
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
                 reason = str(e) if isinstance(e, images.ImageReadError) else f"{type(e).__name__}: {e}"
-                (progress.message if progress is not None else lambda t: print(t, file=sys.stderr))(
-                    f"skipped {path}: {reason}")
+                say(f"skipped {path}: {reason}")
                 skipped.append((str(path), reason))
+                page.skip(path, reason)
             else:
                 seconds = time.perf_counter() - start
                 stem = _unique_stem(path.stem, used_stems)
-                write_png(out / f"{stem}_mask.png", mask_image(prob))
-                write_png(out / f"{stem}_overlay.png", overlay_image(rgb, prob))
-                if npy:
-                    np.save(out / f"{stem}.npy", prob.astype(np.float32), allow_pickle=False)
+                shown = {"photo": path}
+                row = [str(path), stem, rgb.shape[0], rgb.shape[1], "", f"{seconds:.3f}"]
+                if prob is not None:
+                    write_png(out / f"{stem}_mask.png", mask_image(prob))
+                    write_png(out / f"{stem}_overlay.png", overlay_image(rgb, prob))
+                    if npy:
+                        np.save(out / f"{stem}.npy", prob.astype(np.float32), allow_pickle=False)
+                    shown.update(overlay=out / f"{stem}_overlay.png", mask=out / f"{stem}_mask.png")
+                    row[4] = f"{image_score(prob):.6f}"
                 note = images.file_frames_note(path)
                 if note:
-                    (progress.message if progress is not None else lambda t: print(t, file=sys.stderr))(
-                        f"note {path}: {note}")
-                summary.writerow([str(path), stem, prob.shape[0], prob.shape[1], f"{image_score(prob):.6f}",
-                                  f"{seconds:.3f}", note])
+                    say(f"note {path}: {note}")
+                row.append(note)
+                values = {}
+                if trace_map is not None:
+                    trace_png = out / trace.trace_png_name(stem, trace_map.level)
+                    trace.write_trace_png(trace_png, trace_map, threshold)
+                    shown["trace"] = trace_png
+                    traced = trace.trace_summary(trace_map, threshold)
+                    row += [traced[k] for k in trace.TRACE_SUMMARY_FIELDS]
+                    values = {"dominant class": traced["trace_dominant"],
+                              "its share": traced["trace_dominant_share"]}
+                summary.writerow(row)
                 summary_file.flush()
+                page.add(pages.PageRow(str(path), shown, score=image_score(prob) if prob is not None else None,
+                                       values=values))
                 processed += 1
             if progress is not None:
                 progress.update(i, path.name)
+            if time.monotonic() - page_written >= PAGE_INTERVAL_S:
+                page.write(refresh_seconds=round(PAGE_INTERVAL_S))
+                page_written = time.monotonic()
     _write_skipped(out, skipped)
-    print(f"{processed} image(s) processed, {len(skipped)} skipped; results in {out}", file=sys.stderr)
+    page.write()
+    print(f"{processed} image(s) processed, {len(skipped)} skipped; results in {out} (index.html shows them)",
+          file=sys.stderr)
     return 0 if processed else 1
 
 

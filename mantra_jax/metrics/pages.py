@@ -52,7 +52,7 @@ td, th { border: 1px solid #ccc; padding: 4px; vertical-align: top; text-align: 
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 256px; max-height: 256px; }
 img.figure { max-width: 480px; max-height: 360px; }
-.name { max-width: 20em; overflow-wrap: anywhere; }
+.name { min-width: 12em; max-width: 20em; overflow-wrap: anywhere; }
 nav b, nav a { margin-right: 1em; }
 """
 
