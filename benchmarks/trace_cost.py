@@ -1,7 +1,7 @@
 """What manipulation tracing adds to predict: seconds per megapixel, mask alone against mask + trace.
 
     python -m benchmarks.trace_cost --checkpoint checkpoints/mantranet_small \
-        --trace_checkpoint checkpoints/imc_small --trace_level 0 [--photos DIR] [--rounds 3]
+        --trace_checkpoint checkpoints/imc_small [--trace_level 1] [--photos DIR] [--rounds 3]
 
 On every photo (default: the bundled photos' source files, mantra_jax/data/bundled.py, at their
 own sizes) it times `Predictor.predict` (the mask alone) and `MaskAndTrace` (the mask and the
