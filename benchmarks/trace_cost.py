@@ -9,7 +9,9 @@ trace map, Featex once when the two checkpoints share it), each program compiled
 timed. The two are timed alternately, photo by photo, for `--rounds` rounds, so that other jobs
 on the machine slow both alike; a photo's time is its best round. Prints one line per photo, then
 `mask_s_per_mp=<float> mask_trace_s_per_mp=<float> ratio=<float> featex_shared=<bool>` (the sums
-of the photos' times over the sum of their megapixels).
+of the photos' times over the sum of their megapixels). `--shared_featex` gives the IMC head the
+mask checkpoint's Featex (a made-up half-freeze pair, same configuration needed) to time the path
+where Featex runs once.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ def main() -> None:
     parser.add_argument("--trace_level", type=int, default=None, help="default: trace.DEFAULT_LEVEL")
     parser.add_argument("--photos", default=None, help="folder of photos (default: the bundled photos)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shared_featex", action="store_true", help="the IMC head on the mask model's Featex")
     args = parser.parse_args()
 
     from mantra_jax.infer import predict
@@ -33,7 +36,12 @@ def main() -> None:
     paths = (images.list_images(args.photos) if args.photos else [p for p, _ in bundled.bundled_photo_files()])
     predictor = predict.Predictor.from_checkpoint(args.checkpoint)
     level = trace.DEFAULT_LEVEL if args.trace_level is None else args.trace_level
-    both = trace.MaskAndTrace(predictor, trace.Tracer.from_checkpoint(args.trace_checkpoint, level=level))
+    tracer = trace.Tracer.from_checkpoint(args.trace_checkpoint, level=level)
+    if args.shared_featex:
+        variables = {**tracer.variables, "params": {**tracer.variables["params"],
+                                                    "Featex": predictor.variables["params"]["Featex"]}}
+        tracer = trace.Tracer(tracer.cfg, variables, level=level)
+    both = trace.MaskAndTrace(predictor, tracer)
     runs = {"mask": predictor.predict, "mask_trace": both}
     photos = [(p.name, images.read_rgb(p)) for p in paths]
     best = {name: {k: float("inf") for k in runs} for name, _ in photos}
