@@ -62,7 +62,7 @@ def main(argv):
         head="ladn", anomaly=anomaly, windows=fixed_windows or windows, width_scale=FLAGS.width_scale)
     if FLAGS.init != "random":  # the feature extractor's shape comes from the checkpoint
         source = checkpoint.read_model_config(FLAGS.imc_checkpoint)
-        model_cfg = model_cfg.replace(**mantranet.featex_config_fields(source))
+        model_cfg = model_cfg.replace(**config.featex_config_fields(source))
         if FLAGS.init == "authors":
             model_cfg = source
     index = common.photo_index(FLAGS.data_dir)

@@ -51,6 +51,7 @@ from mantra_jax import provenance
 from mantra_jax.infer import predict
 from mantra_jax.data import images
 from mantra_jax.imc import taxonomy
+from mantra_jax.nn import config as config_lib
 from mantra_jax.nn import featex, ladn, model, tiled
 from mantra_jax.nn.config import ModelConfig
 
@@ -62,9 +63,6 @@ SUMMARY_COVERAGE = 0.95
 SUMMARY_MAX_OTHERS = 5
 TRACE_SUMMARY_FIELDS = ("trace_level", "trace_dominant", "trace_dominant_share", "trace_others",
                         "trace_below_threshold")
-# The Featex-defining fields of a ModelConfig (as mantra_jax/train/mantranet.py compares them).
-FEATEX_FIELDS = ("widths", "residual", "first_kernel", "regular_filters", "srm", "bayar_filters", "feature_dim",
-                 "transform_activation")
 HEAD_RADIUS = 1  # the 3x3 IMC head
 
 
@@ -232,7 +230,7 @@ class Tracer:
 def same_featex(cfg_a: ModelConfig, variables_a: dict, cfg_b: ModelConfig, variables_b: dict) -> bool:
     """Whether two models have the same feature extractor: equal Featex configuration fields and
     bit-equal Featex parameters (a half-freeze model and the IMC checkpoint it started from)."""
-    if any(getattr(cfg_a, n) != getattr(cfg_b, n) for n in FEATEX_FIELDS):
+    if config_lib.featex_config_fields(cfg_a) != config_lib.featex_config_fields(cfg_b):
         return False
     a, b = (jax.device_get(v["params"]["Featex"]) for v in (variables_a, variables_b))
     if jax.tree_util.tree_structure(a) != jax.tree_util.tree_structure(b):

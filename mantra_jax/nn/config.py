@@ -187,3 +187,11 @@ def from_dict(d: dict) -> ModelConfig:
     if "windows" in d:
         d["windows"] = tuple(int(w) for w in d["windows"])
     return ModelConfig(**d)
+
+
+def featex_config_fields(cfg: ModelConfig) -> dict:
+    """The fields of a configuration that define its Featex: two configurations with equal fields
+    can exchange Featex parameters (Table 7's initialisations, a trace sharing the mask's Featex)."""
+    names = ("widths", "residual", "first_kernel", "regular_filters", "srm", "bayar_filters",
+             "feature_dim", "transform_activation")
+    return {n: getattr(cfg, n) for n in names}

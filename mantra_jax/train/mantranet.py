@@ -20,6 +20,7 @@ import optax
 from mantra_jax import checkpoint as ckpt_lib
 from mantra_jax.data import forgery_pipeline, forgeries
 from mantra_jax.metrics import pixel as pixel_metrics
+from mantra_jax.nn import config as config_lib
 from mantra_jax.nn import model as model_lib
 from mantra_jax.nn.config import ModelConfig
 from mantra_jax.train.loop import Task
@@ -27,12 +28,6 @@ from mantra_jax.train.loop import Task
 INITS = ("random", "half_freeze", "half_random", "authors")
 TYPES = forgeries.FORGERY_TYPES
 BINS = 256
-
-
-def featex_config_fields(cfg: ModelConfig) -> dict:
-    names = ("widths", "residual", "first_kernel", "regular_filters", "srm", "bayar_filters",
-             "feature_dim", "transform_activation")
-    return {n: getattr(cfg, n) for n in names}
 
 
 def initial_variables(model_cfg: ModelConfig, init: str, checkpoint: Optional[str]):
@@ -44,7 +39,7 @@ def initial_variables(model_cfg: ModelConfig, init: str, checkpoint: Optional[st
     if not checkpoint:
         raise ValueError(f"init {init!r} needs a checkpoint (--imc_checkpoint)")
     src_cfg, src = ckpt_lib.load_model(checkpoint)
-    if featex_config_fields(src_cfg) != featex_config_fields(model_cfg):
+    if config_lib.featex_config_fields(src_cfg) != config_lib.featex_config_fields(model_cfg):
         raise ValueError(f"{checkpoint}: its feature extractor does not match the model configuration")
 
     def init_fn(rng):
