@@ -61,6 +61,41 @@ def test_symmetric_conv_gradient_matches_the_padded_convolution(shape, kernel, a
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("kernel,padding", [(3, "SAME"), (5, "VALID"), (7, "SAME"), (1, "VALID"), (4, "SAME")])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_conv_gradients_match_numpy(kernel, padding, dtype):
+    """`conv`'s own backward pass (the kernel gradient as one matrix product on a CPU): for
+    loss = sum(weight * conv(x, k)), dk[i, j] = sum over pixels of x_padded(shifted by i, j) (x) weight
+    and dx is the full correlation of weight with the flipped kernel."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 9, 7, 3)).astype(np.float32)
+    k = rng.normal(size=(kernel, kernel, 3, 4)).astype(np.float32)
+    lo = (kernel - 1) // 2 if padding == "SAME" else 0
+    hi = kernel - 1 - lo if padding == "SAME" else 0
+    xp = np.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    h_out, w_out = xp.shape[1] - kernel + 1, xp.shape[2] - kernel + 1
+    weight = rng.normal(size=(2, h_out, w_out, 4)).astype(np.float32)
+    xq = np.asarray(jnp.asarray(x, dtype).astype(jnp.float32))  # what the layer sees
+    xqp = np.pad(xq, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    dk = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xqp[:, i : i + h_out, j : j + w_out], weight)
+                             for j in range(kernel)]) for i in range(kernel)])
+    kq = np.asarray(jnp.asarray(k, dtype).astype(jnp.float32))
+    dxp = np.zeros_like(xp)
+    for i in range(kernel):
+        for j in range(kernel):
+            dxp[:, i : i + h_out, j : j + w_out] += np.einsum("nhwo,co->nhwc", weight, kq[i, j])
+    dx = dxp[:, lo : lo + x.shape[1], lo : lo + x.shape[2]]
+
+    def loss(x, k):
+        return jnp.sum(jnp.asarray(weight) * layers.conv(x, k, padding=padding).astype(jnp.float32))
+
+    got_dx, got_dk = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(x, dtype), jnp.asarray(k))
+    tol = 1e-4 if dtype == jnp.float32 else 5e-2
+    assert got_dk.shape == k.shape and got_dk.dtype == jnp.float32
+    np.testing.assert_allclose(got_dk, dk, rtol=tol, atol=tol * np.abs(dk).max())
+    np.testing.assert_allclose(np.asarray(got_dx, np.float32), dx, rtol=tol, atol=tol * np.abs(dx).max())
+
+
 def test_symmetric_conv_rejects_an_unknown_activation():
     with pytest.raises(ValueError, match="activation"):
         layers.symmetric_conv(jnp.zeros((1, 8, 8, 3)), jnp.zeros((3, 3, 3, 2)), activation="gelu")
