@@ -180,14 +180,24 @@ def test_receptive_radius_bounds_featex_influence():
     assert rows.min() <= c - r + 2  # and the bound is nearly tight
 
 
-def test_imc_pooled_logits_equal_mean_of_class_map():
+@pytest.mark.parametrize("size", [(13, 17), (1, 2)])
+def test_imc_pooled_logits_equal_mean_of_class_map(size):
+    """The pooled head (per-tap row and column weights) against the mean of the class map, with its
+    gradient: at sizes where the symmetric padding's first and last rows coincide, too."""
     cfg = TINY.replace(head="imc", num_classes=11)
     v = model.init(jax.random.key(0), cfg)
-    x = jax.random.uniform(jax.random.key(9), (2, 13, 17, 3), minval=-1, maxval=1)
+    x = jax.random.uniform(jax.random.key(9), (2, *size, 3), minval=-1, maxval=1)
     full = model.apply(v, x, cfg)["logits"]
-    assert full.shape == (2, 13, 17, 11)
+    assert full.shape == (2, *size, 11)
     pooled = model.apply(v, x, cfg, pooled=True)["logits"]
     np.testing.assert_allclose(pooled, full.mean(axis=(1, 2)), atol=1e-5)
+    weight = jax.random.normal(jax.random.key(3), (2, 11))
+    grads = [jax.grad(lambda p, pooled=pooled_: jnp.sum(weight * (
+        model.apply({**v, "params": p}, x, cfg, pooled=True)["logits"] if pooled
+        else model.apply({**v, "params": p}, x, cfg)["logits"].mean(axis=(1, 2)))))(v["params"])
+        for pooled_ in (True, False)]
+    for got, expected in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_initial_bayar_filters_are_well_conditioned():

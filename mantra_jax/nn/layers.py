@@ -65,8 +65,9 @@ def _kernel_gradient(x, g, kernel_shape, padding):
         elif padding != "VALID":
             raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
         w_out = g.shape[2]
-        cols = jnp.concatenate([jax.lax.slice_in_dim(x, j, j + w_out, axis=2) for j in range(kw)], axis=-1)
-        rows = jnp.concatenate([jnp.pad(g, ((0, 0), (i, kh - 1 - i), (0, 0), (0, 0))) for i in range(kh)], axis=-1)
+        # (stacked, not concatenated: XLA's CPU backend then writes them in one parallel pass)
+        cols = jnp.stack([jax.lax.slice_in_dim(x, j, j + w_out, axis=2) for j in range(kw)], axis=3)
+        rows = jnp.stack([jnp.pad(g, ((0, 0), (i, kh - 1 - i), (0, 0), (0, 0))) for i in range(kh)], axis=3)
         product = cols.reshape(-1, kw * c_in).T @ rows.reshape(-1, kh * c_out)
         return product.reshape(kw, c_in, kh, c_out).transpose(2, 0, 1, 3).astype(g.dtype)
 
