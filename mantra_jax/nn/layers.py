@@ -61,12 +61,21 @@ def _kernel_gradient(x, g, kernel_shape, padding):
         kh, kw, c_in, c_out = kernel_shape
         if padding == "SAME":
             (top, bottom), (left, right) = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in (kh, kw)]
-            x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-        elif padding != "VALID":
+        elif padding == "VALID":
+            top = bottom = left = 0
+        else:
             raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
-        w_out = g.shape[2]
-        # (stacked, not concatenated: XLA's CPU backend then writes them in one parallel pass)
-        cols = jnp.stack([jax.lax.slice_in_dim(x, j, j + w_out, axis=2) for j in range(kw)], axis=3)
+        width, w_out = x.shape[2], g.shape[2]
+
+        def column_shift(j):  # columns [j - left, j - left + w_out) of x, zero outside it
+            start, stop = max(j - left, 0), min(j - left + w_out, width)
+            before = max(left - j, 0)
+            part = jax.lax.slice_in_dim(x, start, stop, axis=2)
+            return jnp.pad(part, ((0, 0), (top, bottom), (before, w_out - before - (stop - start)), (0, 0)))
+
+        # Stacked, not concatenated, and each shift padded by itself: XLA's CPU backend then
+        # writes them in one parallel pass straight from x.
+        cols = jnp.stack([column_shift(j) for j in range(kw)], axis=3)
         rows = jnp.stack([jnp.pad(g, ((0, 0), (i, kh - 1 - i), (0, 0), (0, 0))) for i in range(kh)], axis=3)
         product = cols.reshape(-1, kw * c_in).T @ rows.reshape(-1, kh * c_out)
         return product.reshape(kw, c_in, kh, c_out).transpose(2, 0, 1, 3).astype(g.dtype)
