@@ -180,24 +180,30 @@ def test_receptive_radius_bounds_featex_influence():
     assert rows.min() <= c - r + 2  # and the bound is nearly tight
 
 
-@pytest.mark.parametrize("size", [(13, 17), (1, 2)])
-def test_imc_pooled_logits_equal_mean_of_class_map(size):
-    """The pooled head (per-tap row and column weights) against the mean of the class map, with its
-    gradient: at sizes where the symmetric padding's first and last rows coincide, too."""
+def test_imc_pooled_logits_equal_mean_of_class_map():
     cfg = TINY.replace(head="imc", num_classes=11)
     v = model.init(jax.random.key(0), cfg)
-    x = jax.random.uniform(jax.random.key(9), (2, *size, 3), minval=-1, maxval=1)
+    x = jax.random.uniform(jax.random.key(9), (2, 13, 17, 3), minval=-1, maxval=1)
     full = model.apply(v, x, cfg)["logits"]
-    assert full.shape == (2, *size, 11)
+    assert full.shape == (2, 13, 17, 11)
     pooled = model.apply(v, x, cfg, pooled=True)["logits"]
     np.testing.assert_allclose(pooled, full.mean(axis=(1, 2)), atol=1e-5)
-    weight = jax.random.normal(jax.random.key(3), (2, 11))
-    grads = [jax.grad(lambda p, pooled=pooled_: jnp.sum(weight * (
-        model.apply({**v, "params": p}, x, cfg, pooled=True)["logits"] if pooled
-        else model.apply({**v, "params": p}, x, cfg)["logits"].mean(axis=(1, 2)))))(v["params"])
-        for pooled_ in (True, False)]
-    for got, expected in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(13, 17), (1, 2), (2, 5)])
+def test_pooled_head_value_and_gradient_equal_the_class_map_mean(size):
+    """The pooled head (per-tap row and column weights) against the mean of `imc_head`'s class
+    map, value and gradient, also where the symmetric padding's first and last rows coincide."""
+    params = featex.init_imc_head(jax.random.key(1), TINY.replace(head="imc", num_classes=5))
+    params["bias"] = jax.random.normal(jax.random.key(2), params["bias"].shape)
+    feat = jax.random.normal(jax.random.key(3), (2, *size, TINY.feature_dim))
+    weight = jax.random.normal(jax.random.key(4), (2, 5))
+    pooled = lambda p, f: jnp.sum(weight * featex.imc_head_pooled(p, f))
+    mapped = lambda p, f: jnp.sum(weight * featex.imc_head(p, f).mean(axis=(1, 2)))
+    np.testing.assert_allclose(pooled(params, feat), mapped(params, feat), rtol=1e-5)
+    got, expected = (jax.grad(fn, argnums=(0, 1))(params, feat) for fn in (pooled, mapped))
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
 
 
 def test_initial_bayar_filters_are_well_conditioned():
