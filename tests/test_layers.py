@@ -38,7 +38,7 @@ def test_symmetric_conv_matches_numpy(shape, kernel):
 
 
 @pytest.mark.parametrize("shape,kernel", [((2, 9, 7), 5), ((1, 13, 11), 5), ((2, 6, 9), 3), ((1, 4, 4), 3)])
-@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("activation", [None, "relu", "tanh"])
 def test_symmetric_conv_gradient_matches_the_padded_convolution(shape, kernel, activation):
     """The border strips and the hand-written backward pass of the rectified fill give autodiff's
     gradient of the plain formulation (pad, VALID convolution, activation)."""
