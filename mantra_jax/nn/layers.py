@@ -16,7 +16,7 @@ import numpy as np
 # --------------------------------------------------------------------------------------------
 def conv(x_NxHxWxC, kernel_HWIO, bias=None, *, padding="VALID"):
     """Stride-1 2-D convolution (NHWC, HWIO), computed in the input's dtype. Its kernel gradient
-    is `_kernel_gradient`'s (a few matrix products on a CPU)."""
+    is `_kernel_gradient`'s (one matrix product on a CPU)."""
     y = _conv(x_NxHxWxC, kernel_HWIO.astype(x_NxHxWxC.dtype), padding)
     if bias is not None:
         y = y + bias.astype(y.dtype)
