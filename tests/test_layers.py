@@ -61,20 +61,24 @@ def test_symmetric_conv_gradient_matches_the_padded_convolution(shape, kernel, a
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("kernel,padding", [(3, "SAME"), (5, "VALID"), (7, "SAME"), (1, "VALID"), (4, "SAME")])
+@pytest.mark.parametrize("kernel,padding,channels", [(3, "SAME", (3, 4)), (3, "SAME", (64, 128)), (5, "VALID", (64, 128)),
+                                                     (7, "SAME", (64, 128)), (1, "VALID", (128, 64)), (4, "SAME", (64, 128))])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_conv_gradients_match_numpy(kernel, padding, dtype):
+def test_conv_gradients_match_numpy(kernel, padding, channels, dtype):
     """`conv`'s own backward pass (the kernel gradient as one matrix product on a CPU): for
     loss = sum(weight * conv(x, k)), dk[i, j] = sum over pixels of x_padded(shifted by i, j) (x) weight
-    and dx is the full correlation of weight with the flipped kernel."""
+    and dx is the full correlation of weight with the flipped kernel. Channels (3, 4): XLA's own
+    kernel gradient; from layers.PRODUCT_MIN_CHANNELS on, the product."""
+    c_in, c_out = channels
+    assert (c_in * c_out >= layers.PRODUCT_MIN_CHANNELS) == (c_in > 3)
     rng = np.random.default_rng(2)
-    x = rng.normal(size=(2, 9, 7, 3)).astype(np.float32)
-    k = rng.normal(size=(kernel, kernel, 3, 4)).astype(np.float32)
+    x = rng.normal(size=(2, 9, 7, c_in)).astype(np.float32)
+    k = rng.normal(size=(kernel, kernel, c_in, c_out)).astype(np.float32)
     lo = (kernel - 1) // 2 if padding == "SAME" else 0
     hi = kernel - 1 - lo if padding == "SAME" else 0
     xp = np.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
     h_out, w_out = xp.shape[1] - kernel + 1, xp.shape[2] - kernel + 1
-    weight = rng.normal(size=(2, h_out, w_out, 4)).astype(np.float32)
+    weight = rng.normal(size=(2, h_out, w_out, c_out)).astype(np.float32)
     xq = np.asarray(jnp.asarray(x, dtype).astype(jnp.float32))  # what the layer sees
     xqp = np.pad(xq, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
     dk = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xqp[:, i : i + h_out, j : j + w_out], weight)
