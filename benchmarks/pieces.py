@@ -69,8 +69,8 @@ def measure(batch: int, height: int, width: int, pieces, precision: str, repeats
         forward = lambda p, x: featex.apply(p, x.astype(dtype), e2e_cfg)
         ct = jnp.asarray(rng.standard_normal(feat.shape), dtype)
         row("featex forward", forward, featex_params, x)
-        row("featex forward+backward",
-            lambda p, x: jax.vjp(forward, p, x)[1](ct), featex_params, x)
+        row("featex forward+backward",  # (the cotangent an argument: a constant would be folded in)
+            lambda p, x, ct: jax.vjp(forward, p, x)[1](ct), featex_params, x, ct)
     if "head" in pieces:
         labels = jnp.asarray(rng.integers(0, imc_cfg.num_classes, batch), jnp.int32)
         head_loss = lambda p, f: imc.cross_entropy(featex.imc_head_pooled(p, f), labels)
@@ -117,7 +117,7 @@ def measure(batch: int, height: int, width: int, pieces, precision: str, repeats
             b = bias if bias is not None else jnp.zeros((c_out,))
             row(f"{name} {kernel.shape[0]}x{kernel.shape[0]} {c_in}->{c_out} forward", fwd, x_in, kernel, b)
             row(f"{name} {kernel.shape[0]}x{kernel.shape[0]} {c_in}->{c_out} forward+backward",
-                lambda x, k, b, f=fwd: jax.vjp(f, x, k, b)[1](ct), x_in, kernel, b)
+                lambda x, k, b, ct, f=fwd: jax.vjp(f, x, k, b)[1](ct), x_in, kernel, b, ct)
     return rows
 
 
