@@ -25,6 +25,11 @@ flags.DEFINE_string("imc_checkpoint", "", "Checkpoint directory for --init other
 flags.DEFINE_float("featex_learning_rate", 5e-5, "Featex learning rate with --init=half_random.", lower_bound=0.0)
 flags.DEFINE_list("type_weights", ["1", "1", "1", "1"], "Sampling weights of splicing, copy-move, removal, enhancement.")
 flags.DEFINE_float("pristine_share", 0.0, "Share of untouched samples (empty masks).", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("self_donor_prob", 0.0, "Share of splices whose donor is the sample's own patch "
+                   "(matched content: the splice differs by its resampling and processing only).",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("donor_history_prob", 0.0, "Share of splices whose donor is first processed by a "
+                   "random IMC manipulation (another processing history).", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_bool("postprocess", False, "Random whole-image JPEG and downscaling of the samples (augmentation).")
 flags.DEFINE_integer("patch_size", 256, "Training and validation window inside each 256x256 pristine patch.",
                      lower_bound=16, upper_bound=256)
@@ -71,7 +76,8 @@ def main(argv):
         checkpoint=FLAGS.imc_checkpoint or None, featex_learning_rate=FLAGS.featex_learning_rate,
         type_weights=weights, pristine_share=FLAGS.pristine_share,
         postprocess={} if FLAGS.postprocess else None, val_per_type=FLAGS.val_per_type,
-        val_batch_size=FLAGS.val_batch_size, workers=FLAGS.workers, patch_size=FLAGS.patch_size)
+        val_batch_size=FLAGS.val_batch_size, workers=FLAGS.workers, patch_size=FLAGS.patch_size,
+        self_donor_prob=FLAGS.self_donor_prob, donor_history_prob=FLAGS.donor_history_prob)
     common.finish(loop.train(task, common.loop_config(), files=common.run_files()))
 
 

@@ -22,7 +22,6 @@ the flagfiles named by --imc_flagfile / --e2e_flagfile; the command lines are in
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -162,34 +161,11 @@ def _flag_of(workdir: Path, name: str) -> str:
     raise ValueError(f"{workdir / 'flags.txt'}: no --{name}")
 
 
-class CachedMaps:
-    """A predict function that computes each image's map once and keeps it on disk (float32 .npy),
-    so the two mask sets, and later rescoring, reuse the same maps."""
-
-    def __init__(self, predict_fn, folder: Path):
-        self.predict_fn, self.folder = predict_fn, folder
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def path(self, rgb) -> Path:
-        """Where the map of this image is kept: named by a digest of its pixels."""
-        return self.folder / (hashlib.sha1(rgb.tobytes()).hexdigest()[:20] + ".npy")
-
-    def __call__(self, rgb):
-        import numpy as np
-
-        path = self.path(rgb)
-        if path.exists():
-            return np.load(path, allow_pickle=False)
-        prob = np.asarray(self.predict_fn(rgb), np.float32)
-        np.save(path, prob, allow_pickle=False)
-        return prob
-
-
 def run_coverage() -> None:
     if not FLAGS.coverage_dir:
         raise app.UsageError("--coverage_dir is required for the coverage part")
     from mantra_jax.eval.evaluate import EvaluationOptions, run_evaluation
-    from mantra_jax.eval import baselines, datasets
+    from mantra_jax.eval import baselines, datasets, diagnose
 
     coverage = Path(FLAGS.coverage_dir)
     authentic = datasets.list_authentic_images(coverage / "image", preset="coverage")
@@ -210,7 +186,7 @@ def run_coverage() -> None:
                     from mantra_jax.infer.predict import Predictor
 
                     predict_fn, source = Predictor.from_checkpoint(_out() / name).predict, str(_out() / name)
-                cached = CachedMaps(predict_fn, _out() / "eval" / name / "maps")
+                cached = diagnose.CachedMaps(predict_fn, _out() / "eval" / name / "maps")
             pairs, skipped = datasets.pair_images_and_masks(coverage / "image", masks, preset="coverage")
             _log(f"coverage {name} ({mask_set} masks): {len(pairs)} pairs")
             start = time.time()
@@ -219,93 +195,22 @@ def run_coverage() -> None:
             (out / "seconds.json").write_text(json.dumps({"seconds": time.time() - start}))
 
 
-def texture_auc(rgb, prob, window: int = 15) -> float | None:
-    """How well a map ranks textured over flat pixels: the AUC of `prob` for the label "local luma
-    std above the image's median". Near 1 for a texture detector, near 0.5 for a map blind to
-    texture; read beside the forgery AUC, it says which of the two a model follows."""
-    import cv2
-    import numpy as np
-
-    from mantra_jax.metrics import pixel as pixel_metrics
-
-    luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    mean = cv2.blur(luma, (window, window))
-    local_std = np.sqrt(np.maximum(cv2.blur(luma * luma, (window, window)) - mean * mean, 0))
-    textured = (local_std > np.median(local_std)).astype(np.uint8)
-    step = 4  # every 4th pixel in each direction: the AUC of 1/16 of the pixels, enough here
-    return pixel_metrics.roc_auc(prob[::step, ::step].ravel().tolist(), textured[::step, ::step].ravel().tolist())
-
-
-def region_aucs(prob, regions: dict, step: int = 3) -> dict:
-    """AUC of `prob` for each named region of `regions` against the background (the pixels in no
-    region), and of the first region against the second. COVERAGE has three: the pasted region
-    ("forged"), its source ("copy") and the similar genuine object ("paste"). A model that tells a
-    copy from genuine content ranks "forged" over the background and over "copy"; one that
-    follows objects ranks all three over the background alike."""
-    import numpy as np
-
-    from mantra_jax.metrics import pixel as pixel_metrics
-
-    prob = prob[::step, ::step]
-    regions = {k: v[::step, ::step].astype(bool) for k, v in regions.items()}
-    background = ~np.logical_or.reduce(list(regions.values()))
-    result = {}
-    for name, region in regions.items():
-        scores = np.concatenate([prob[region], prob[background]])
-        labels = np.concatenate([np.ones(region.sum(), np.int8), np.zeros(background.sum(), np.int8)])
-        result[f"{name}_vs_background"] = pixel_metrics.roc_auc(scores.tolist(), labels.tolist())
-    (a, ra), (b, rb) = list(regions.items())[:2]
-    only_a, only_b = ra & ~rb, rb & ~ra
-    scores = np.concatenate([prob[only_a], prob[only_b]])
-    labels = np.concatenate([np.ones(only_a.sum(), np.int8), np.zeros(only_b.sum(), np.int8)])
-    result[f"{a}_vs_{b}"] = pixel_metrics.roc_auc(scores.tolist(), labels.tolist())
-    return result
-
-
-def _coverage_regions(coverage: Path) -> dict[str, dict[str, Path]]:
-    """Forged image name -> {"forged", "copy", "paste"} mask paths, from pairs.csv (the fitted masks
-    of mask_aligned/ for the pairs whose released masks do not fit)."""
-    import csv
-
-    with open(coverage / "pairs.csv", newline="") as f:
-        return {Path(row["forged"]).name: {k: coverage / row[f"mask_{k}"] for k in ("forged", "copy", "paste")}
-                for row in csv.DictReader(f)}
-
-
 def run_diagnose() -> None:
     """What each scored COVERAGE map follows: texture (`texture_auc`) and COVERAGE's three regions
     (`region_aucs`), averaged over the images."""
-    import numpy as np
-
-    from mantra_jax.eval import datasets
+    from mantra_jax.eval import datasets, diagnose
 
     coverage = Path(FLAGS.coverage_dir)
     pairs, _ = datasets.pair_images_and_masks(coverage / "image", _out() / "data" / "coverage_masks_all",
                                               preset="coverage")
     pairs = pairs[: FLAGS.max_images or None]
-    regions = _coverage_regions(coverage)
+    regions = diagnose.coverage_regions(coverage)
     result = {}
     for name in E2E_RUNS + [BASELINE]:
         folder = _out() / "eval" / name / "maps"
         if not folder.is_dir():
             continue
-        maps = CachedMaps(None, folder)  # only its file names: nothing is predicted here
-        texture, per_region = [], []
-        for pair in pairs:
-            rgb = datasets.read_rgb(pair.image)
-            path = maps.path(rgb)
-            if not path.exists():
-                continue
-            prob = np.load(path, allow_pickle=False)
-            texture.append(texture_auc(rgb, prob))
-            masks = {k: datasets.read_mask(v, preset="coverage") for k, v in regions[pair.image.name].items()}
-            if all(m.shape == prob.shape for m in masks.values()):
-                per_region.append(region_aucs(prob, masks))
-        texture = [v for v in texture if v is not None]
-        result[name] = {"texture_auc_mean": float(np.mean(texture)) if texture else None, "n_images": len(texture)}
-        for key in (per_region[0] if per_region else {}):
-            values = [r[key] for r in per_region if r[key] is not None]
-            result[name][f"{key}_auc_mean"] = float(np.mean(values)) if values else None
+        result[name] = diagnose.diagnose_maps(diagnose.CachedMaps(None, folder), pairs, regions)
         _log(f"diagnose {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in result[name].items()))
     (_out() / "eval" / "diagnose.json").write_text(json.dumps(result, indent=1))
 

@@ -415,3 +415,27 @@ def test_sampler_and_callable_errors():
         forgeries.enhancement(patch, _mask(0), rng, lambda image, r: image[:32])
     with pytest.raises(ValueError, match="Generator"):
         forgeries.removal(patch, _mask(0), 0)
+
+
+def test_splice_with_another_history_pastes_the_processed_donor():
+    donor = _coordinate_image(offset=77)
+    patch, mask = _texture(3), _mask(3)
+    plain, pasted = forgeries.splicing(patch, donor, mask, np.random.default_rng(3), feather_prob=0.0, **NO_TRANSFORM)
+    processed, pasted2 = forgeries.splicing(patch, donor, mask, np.random.default_rng(3), feather_prob=0.0,
+                                            donor_manipulate=lambda image, rng: 255 - image, **NO_TRANSFORM)
+    np.testing.assert_array_equal(pasted, pasted2)
+    inside = pasted == 1
+    np.testing.assert_array_equal(processed[inside], 255 - plain[inside])  # the same pixels, processed
+    np.testing.assert_array_equal(processed[~inside], patch[~inside])
+
+
+def test_donor_history_draws_nothing_at_probability_zero_and_changes_splices_above():
+    patch, donor = _texture(5, 96), _texture(6, 96)
+    for seed in range(4):
+        default = forgeries.synthesize("splicing", patch, donor, np.random.default_rng(seed))
+        zero = forgeries.synthesize("splicing", patch, donor, np.random.default_rng(seed), donor_history_prob=0.0)
+        np.testing.assert_array_equal(default[0], zero[0])  # earlier recipes keep their samples
+    changed = [not np.array_equal(forgeries.synthesize("splicing", patch, donor, np.random.default_rng(s))[0],
+                                  forgeries.synthesize("splicing", patch, donor, np.random.default_rng(s),
+                                                       donor_history_prob=1.0)[0]) for s in range(4)]
+    assert any(changed)

@@ -244,3 +244,27 @@ def test_val_batches_are_fixed_padded_and_per_type(index):
     )
     for key in expected:
         np.testing.assert_array_equal(batches[2][key][1], expected[key], err_msg=key)
+
+
+def test_self_donors_are_the_patch_itself_and_draw_nothing_at_zero():
+    entries = [PatchEntry(path, 0, 0) for path in ("a.png", "b.png", "c.png")]
+    picker = forgery_pipeline.DonorPicker(entries)
+    assert {picker.pick(1, np.random.default_rng(s), 1.0) for s in range(20)} == {1}
+    drawn = [picker.pick(1, np.random.default_rng(s), 0.5) for s in range(200)]
+    assert 60 < drawn.count(1) < 140 and set(drawn) == {0, 1, 2}
+    for s in range(5):  # probability 0: exactly the draws of the plain picker
+        assert picker.pick(0, np.random.default_rng(s), 0.0) == picker(0, np.random.default_rng(s))
+
+
+def test_trace_synthesis_options_reach_training_and_validation(index):
+    plain = _batches(index, 2, type_weights=(1, 0, 0, 0))
+    traced = _batches(index, 2, type_weights=(1, 0, 0, 0), self_donor_prob=1.0, donor_history_prob=1.0)
+    assert not np.array_equal(plain[0]["image"], traced[0]["image"])
+    assert _batches(index, 1, type_weights=(1, 0, 0, 0), self_donor_prob=1.0)[0]["image"].shape == (4, 64, 64, 3)
+    val = dict(seed=0, n_per_type=2, batch_size=4, patch_size=64)
+    a = forgery_pipeline.make_val_batches(index, **val)
+    b = forgery_pipeline.make_val_batches(index, **val, self_donor_prob=1.0, donor_history_prob=1.0,
+                                          postprocess={"jpeg_prob": 1.0})
+    assert not np.array_equal(np.concatenate([x["image"] for x in a]), np.concatenate([x["image"] for x in b]))
+    with pytest.raises(ValueError, match="self_donor_prob must be in"):
+        _batches(index, 1, self_donor_prob=float("nan"))

@@ -43,7 +43,7 @@ def test_noise_inconsistency_of_uniform_noise_is_near_zero_on_average_and_reject
 
 
 def test_region_aucs_tell_a_map_that_finds_the_paste_from_one_that_follows_objects():
-    from experiments import study
+    from mantra_jax.eval import diagnose as study
 
     rng = np.random.default_rng(2)
     regions = {name: np.zeros((60, 60), bool) for name in ("forged", "copy", "paste")}
@@ -52,12 +52,14 @@ def test_region_aucs_tell_a_map_that_finds_the_paste_from_one_that_follows_objec
     finds_paste = np.where(regions["forged"], noise + 0.5, noise)  # only the pasted region above
     result = study.region_aucs(finds_paste, regions, step=1)
     assert result["forged_vs_background"] == 1.0 and result["forged_vs_copy"] == 1.0
+    assert result["forged_vs_paste"] == 1.0
     assert 0.4 < result["copy_vs_background"] < 0.6 and 0.4 < result["paste_vs_background"] < 0.6
 
     objects = np.where(regions["forged"] | regions["copy"] | regions["paste"], noise + 0.5, noise)
     result = study.region_aucs(objects, regions, step=1)
     assert result["forged_vs_background"] == result["copy_vs_background"] == result["paste_vs_background"] == 1.0
     assert 0.35 < result["forged_vs_copy"] < 0.65  # a copy looks like its source
+    assert 0.35 < result["forged_vs_paste"] < 0.65  # nor does it tell the pasted object from its look-alike
     background = ~(regions["forged"] | regions["copy"] | regions["paste"])
     labels = np.concatenate([np.ones(225), np.zeros(background.sum())])
     scores = np.concatenate([noise[regions["copy"]], noise[background]])

@@ -8,7 +8,10 @@ shape and the uint8 {0, 1} map of the pixels it forged.
   recipe); by default y is drawn from `mantra_jax.imc.manipulations`.
 - `removal`: OpenCV inpainting (Telea or Navier-Stokes) of the masked region.
 - `splicing`: a region of another pristine photo (the donor), optionally resized and rotated,
-  pasted where the mask is; the returned mask is where donor pixels landed.
+  pasted where the mask is; the returned mask is where donor pixels landed. With
+  `donor_manipulate` the donor is first given another processing history (by default a random
+  IMC manipulation): with a donor of the same photo, the splice then differs from its
+  surroundings by that history alone, not by content.
 - `copy_move`: a region of the same photo copied elsewhere (translation with optional scale and
   rotation). Convention: only the pasted target region counts as forged, as in CASIA-style
   ground truth; the source region is left untouched and marked only with `mark_source=True`.
@@ -236,8 +239,12 @@ def splicing(patch: np.ndarray, donor: np.ndarray, mask: np.ndarray,
              rng: np.random.Generator, *, resize_prob: float = 0.5,
              scale_range: tuple[float, float] = (0.5, 2.0), rotate_prob: float = 0.3,
              angle_range: tuple[float, float] = (-45.0, 45.0), feather_prob: float = 0.5,
-             feather_range: tuple[float, float] = (2.0, 8.0)):
+             feather_range: tuple[float, float] = (2.0, 8.0),
+             donor_manipulate: Manipulation | None = None):
     """Pastes a region of `donor` (another pristine photo, any size) where `mask` is.
+
+    `donor_manipulate`, when given, processes the whole donor first (e.g. `imc_manipulation`:
+    resampled, recompressed, noised, filtered), so the pasted pixels carry another history.
 
     The donor is scaled (probability `resize_prob`, factor log-uniform in `scale_range`),
     rotated (probability `rotate_prob`, degrees uniform in `angle_range`) and placed so that a
@@ -256,6 +263,8 @@ def splicing(patch: np.ndarray, donor: np.ndarray, mask: np.ndarray,
     _check_range(angle_range, "angle_range", where)
     _check_range(feather_range, "feather_range", where, low=1.0)
     height, width = patch.shape[:2]
+    if donor_manipulate is not None:
+        donor = donor_manipulate(donor.copy(), rng)
     donor_h, donor_w = donor.shape[:2]
 
     scale, angle = _sample_scale_angle(rng, resize_prob, scale_range, rotate_prob, angle_range)
@@ -401,13 +410,15 @@ def postprocess(image: np.ndarray, rng: np.random.Generator, *, jpeg_prob: float
 def synthesize(kind: str | None, patch: np.ndarray, donor: np.ndarray | None,
                rng: np.random.Generator, *, pristine_share: float = 0.0,
                postprocess_kwargs: dict | None = None, manipulate: Manipulation | None = None,
-               mask_kind: str | None = None, mark_source: bool = False):
+               mask_kind: str | None = None, mark_source: bool = False,
+               donor_history_prob: float = 0.0):
     """One training sample: returns (image, mask, kind_id).
 
     With probability `pristine_share` the patch comes back untouched with an all-zero mask and
     kind_id PRISTINE_ID (-1). Otherwise a random mask (`masks.random_mask`, of `mask_kind` or
     any kind) drives the forgery `kind` (one of FORGERY_TYPES, or None for a uniformly random
-    one) and kind_id is its index in FORGERY_TYPES. `donor` is needed for splicing only.
+    one) and kind_id is its index in FORGERY_TYPES. `donor` is needed for splicing only; with
+    probability `donor_history_prob` it is processed by a random IMC manipulation first.
     When `postprocess_kwargs` is not None, `postprocess(image, rng, **postprocess_kwargs)` is
     applied to every sample, pristine ones included, so that compression or resampling traces
     alone never tell forged from pristine.
@@ -432,7 +443,12 @@ def synthesize(kind: str | None, patch: np.ndarray, donor: np.ndarray | None,
     else:
         mask = masks_lib.random_mask(rng, height, width, kind=mask_kind)
         kind_id = FORGERY_TYPES.index(kind)
-        image, mask = forge(kind, patch, donor, mask, rng, manipulate=manipulate, mark_source=mark_source)
+        donor_manipulate = None
+        # No draw at probability 0, so that samples of earlier recipes stay as they were.
+        if kind == "splicing" and donor_history_prob > 0 and rng.random() < donor_history_prob:
+            donor_manipulate = imc_manipulation
+        image, mask = forge(kind, patch, donor, mask, rng, manipulate=manipulate,
+                            mark_source=mark_source, donor_manipulate=donor_manipulate)
     if postprocess_kwargs is not None:
         image = postprocess(image, rng, **postprocess_kwargs)
     return image, mask, kind_id
@@ -440,12 +456,13 @@ def synthesize(kind: str | None, patch: np.ndarray, donor: np.ndarray | None,
 
 def forge(kind: str, patch: np.ndarray, donor: np.ndarray | None, mask: np.ndarray,
           rng: np.random.Generator, *, manipulate: Manipulation | None = None,
-          mark_source: bool = False, subpixel_prob: float = COPY_MOVE_SUBPIXEL_PROB):
+          mark_source: bool = False, subpixel_prob: float = COPY_MOVE_SUBPIXEL_PROB,
+          donor_manipulate: Manipulation | None = None):
     """The forgery `kind` (of FORGERY_TYPES) of `patch` over a given `mask`, each generator
-    with its defaults: (image, mask). `donor` is for splicing, `manipulate` for enhancement,
-    `mark_source` and `subpixel_prob` for copy-move."""
+    with its defaults: (image, mask). `donor` and `donor_manipulate` are for splicing,
+    `manipulate` for enhancement, `mark_source` and `subpixel_prob` for copy-move."""
     if kind == "splicing":
-        return splicing(patch, donor, mask, rng)
+        return splicing(patch, donor, mask, rng, donor_manipulate=donor_manipulate)
     if kind == "copy_move":
         return copy_move(patch, mask, rng, mark_source=mark_source, subpixel_prob=subpixel_prob)
     if kind == "removal":

@@ -91,6 +91,15 @@ class DonorPicker:
     def __len__(self) -> int:
         return len(self._order)
 
+    def pick(self, i: int, rng: np.random.Generator, self_prob: float = 0.0) -> int:
+        """A donor for entry i: with probability ``self_prob`` entry i itself (the same patch
+        of the same photo: content of matched statistics, so that a splice from it differs
+        only by its resampling and processing), else ``self(i, rng)``. Draws nothing extra
+        at probability 0."""
+        if self_prob > 0 and rng.random() < self_prob:
+            return int(i)
+        return self(i, rng)
+
     def __call__(self, i: int, rng: np.random.Generator) -> int:
         n = len(self._order)
         start, count = int(self._start[i]), int(self._count[i])
@@ -113,12 +122,14 @@ def forgery_sample(
     patch_size: int,
     rng: np.random.Generator,
     postprocess_kwargs: Mapping[str, Any] | None = None,
+    donor_history_prob: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Forges the ``patch_size`` window at (crop_y, crop_x) of ``patch`` as ``kind_id``.
 
     ``kind_id`` is an index in FORGERY_TYPES or PRISTINE_ID (the window, all-zero mask).
-    ``donor`` (any size) is needed for splicing only. The post-processing, when given, is
-    applied to pristine samples too. Returns {"image": uint8 (P, P, 3), "mask": uint8
+    ``donor`` (any size) is needed for splicing only; with probability
+    ``donor_history_prob`` it is processed by a random IMC manipulation before pasting. The
+    post-processing, when given, is applied to pristine samples too. Returns {"image": uint8 (P, P, 3), "mask": uint8
     (P, P) in {0, 1}, "kind": int32}.
     """
     window = patch[crop_y : crop_y + patch_size, crop_x : crop_x + patch_size]
@@ -142,6 +153,7 @@ def forgery_sample(
             rng,
             pristine_share=0.0,
             postprocess_kwargs=None if postprocess_kwargs is None else dict(postprocess_kwargs),
+            donor_history_prob=donor_history_prob,
         )
     return {
         "image": np.ascontiguousarray(image, dtype=np.uint8),
@@ -165,9 +177,13 @@ class ForgeryTransform(grain.transforms.RandomMap):
         pristine_share: float,
         postprocess_kwargs: Mapping[str, Any] | None,
         patch_size: int,
+        self_donor_prob: float = 0.0,
+        donor_history_prob: float = 0.0,
     ):
         self.source = source
         self.donors = DonorPicker(source.entries)
+        self.self_donor_prob = float(self_donor_prob)
+        self.donor_history_prob = float(donor_history_prob)
         self.type_probabilities = np.asarray(type_probabilities, np.float64)
         self.pristine_share = float(pristine_share)
         self.postprocess_kwargs = None if postprocess_kwargs is None else dict(postprocess_kwargs)
@@ -183,7 +199,7 @@ class ForgeryTransform(grain.transforms.RandomMap):
         crop_y, crop_x = (int(v) for v in rng.integers(room, size=2))
         donor = None
         if kind_id == SPLICING_ID:
-            donor = self.source[self.donors(index, rng)]
+            donor = self.source[self.donors.pick(index, rng, self.self_donor_prob)]
         return forgery_sample(
             self.source[index],
             donor,
@@ -193,13 +209,15 @@ class ForgeryTransform(grain.transforms.RandomMap):
             self.patch_size,
             rng,
             self.postprocess_kwargs,
+            self.donor_history_prob,
         )
 
     def __repr__(self) -> str:
         return (
             f"ForgeryTransform({self.source!r}, types={self.type_probabilities.round(3).tolist()}, "
             f"pristine_share={self.pristine_share}, postprocess={self.postprocess_kwargs}, "
-            f"patch_size={self.patch_size})"
+            f"patch_size={self.patch_size}, self_donor_prob={self.self_donor_prob}, "
+            f"donor_history_prob={self.donor_history_prob})"
         )
 
 
@@ -219,6 +237,8 @@ def make_train_dataset(
     split: str = "train",
     cache_images: int = 16,
     read_threads: int = 1,
+    self_donor_prob: float = 0.0,
+    donor_history_prob: float = 0.0,
 ) -> grain.IterDataset:
     """The infinite synthetic-forgery training stream of this process, as a grain IterDataset.
 
@@ -242,7 +262,13 @@ def make_train_dataset(
       prefetch_buffer: batches buffered per worker (and in the reading thread).
       cache_images: decoded photos kept per process.
       read_threads: threads reading elements inside each process (0 reads synchronously).
+      self_donor_prob: probability that a splice takes its donor from its own patch
+        (``DonorPicker.pick``) rather than from another photo.
+      donor_history_prob: probability that a splice's donor is processed by a random IMC
+        manipulation before pasting (another processing history).
     """
+    _check_probability(self_donor_prob, "self_donor_prob")
+    _check_probability(donor_history_prob, "donor_history_prob")
     probabilities = type_probabilities(type_weights)
     pristine_share = _check_pristine_share(pristine_share, upper_inclusive=True)
     _check_patch_size(patch_size, index.patch_size)
@@ -256,6 +282,8 @@ def make_train_dataset(
         pristine_share=pristine_share,
         postprocess_kwargs=postprocess,
         patch_size=patch_size,
+        self_donor_prob=self_donor_prob,
+        donor_history_prob=donor_history_prob,
     )
     return stream.train_stream(
         grain.MapDataset.range(len(source)),
@@ -296,6 +324,7 @@ def make_val_plan(
     pristine_share: float = 0.0,
     source_patch_size: int = 256,
     patch_size: int = 256,
+    self_donor_prob: float = 0.0,
 ) -> list[ForgeryValSample]:
     """The deterministic list of samples of the validation set.
 
@@ -321,7 +350,7 @@ def make_val_plan(
     donors = DonorPicker(entries)
     plan = []
     for kind, p, (cy, cx), noise_seed in zip(kinds, patches, crops, noise_seeds):
-        donor = entries[donors(int(p), rng)] if kind == SPLICING_ID else None
+        donor = entries[donors.pick(int(p), rng, self_donor_prob)] if kind == SPLICING_ID else None
         plan.append(
             ForgeryValSample(entries[p], int(kind), donor, int(cy), int(cx), int(noise_seed))
         )
@@ -337,14 +366,19 @@ def make_val_batches(
     split: str = "val",
     patch_size: int = 256,
     pristine_share: float = 0.0,
+    postprocess: Mapping[str, Any] | None = None,
+    self_donor_prob: float = 0.0,
+    donor_history_prob: float = 0.0,
 ) -> list[dict[str, np.ndarray]]:
     """The fixed validation set as a list of batches, identical at every call.
 
     Every batch has the training keys plus "weight" (``stream.padded_batches``: 0 marks
     the padding of the last batch). "kind" tells the forgery type of each sample
-    (per-type metrics). No post-processing is applied. Build it once and keep it: it
-    costs one forgery per sample.
+    (per-type metrics). The synthesis options are the training stream's (post-processing,
+    when given, from each sample's own seed). Build it once and keep it: it costs one
+    forgery per sample.
     """
+    postprocess = _check_postprocess(postprocess, patch_size)
     plan = make_val_plan(
         index.entries(split),
         seed=seed,
@@ -352,6 +386,7 @@ def make_val_batches(
         pristine_share=pristine_share,
         source_patch_size=index.patch_size,
         patch_size=patch_size,
+        self_donor_prob=self_donor_prob,
     )
     source = stream.PatchSource(index.root, index.entries(split), index.patch_size)
 
@@ -359,7 +394,7 @@ def make_val_batches(
         donor = None if s.donor is None else source.patch(s.donor)
         return forgery_sample(
             source.patch(s.entry), donor, s.kind, s.crop_y, s.crop_x, patch_size,
-            np.random.default_rng(s.noise_seed),
+            np.random.default_rng(s.noise_seed), postprocess, donor_history_prob,
         )
 
     return stream.padded_batches(plan, render, batch_size)
@@ -371,6 +406,12 @@ def _check_pristine_share(pristine_share: float, *, upper_inclusive: bool) -> fl
         bound = "[0, 1]" if upper_inclusive else "[0, 1) for a validation set"
         raise ValueError(f"pristine_share must be in {bound}, got {pristine_share!r}")
     return share
+
+
+def _check_probability(value: float, name: str) -> float:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
 
 
 def _check_patch_size(patch_size: int, source_patch_size: int) -> None:

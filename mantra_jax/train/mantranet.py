@@ -71,7 +71,13 @@ def make_optimizer(init: str, learning_rate: float, featex_learning_rate: float)
 def make_task(model_cfg: ModelConfig, *, patch_index, learning_rate: float = 1e-4, init: str = "random",
               checkpoint: Optional[str] = None, featex_learning_rate: float = 5e-5,
               type_weights=(1, 1, 1, 1), pristine_share: float = 0.0, postprocess: Optional[dict] = None,
-              val_per_type: int = 64, val_batch_size: int = 16, workers: int = 0, patch_size: int = 256) -> Task:
+              val_per_type: int = 64, val_batch_size: int = 16, workers: int = 0, patch_size: int = 256,
+              self_donor_prob: float = 0.0, donor_history_prob: float = 0.0) -> Task:
+    """The end-to-end localisation task. The synthesis (``forgery_pipeline``): forgery types by
+    ``type_weights``, ``pristine_share`` untouched samples, optional whole-image
+    ``postprocess``, and for splices ``self_donor_prob`` (donor from the sample's own patch) and
+    ``donor_history_prob`` (donor processed by a random IMC manipulation). The validation set
+    is synthesised the same way, from fixed seeds."""
     if model_cfg.head != "ladn":
         raise ValueError("end-to-end training needs the ManTra-Net head (head='ladn')")
     freeze = init == "half_freeze"
@@ -135,11 +141,14 @@ def make_task(model_cfg: ModelConfig, *, patch_index, learning_rate: float = 1e-
         return forgery_pipeline.make_train_dataset(
             patch_index, seed=seed, batch_size=batch_size, type_weights=tuple(type_weights),
             pristine_share=pristine_share, postprocess=postprocess, worker_count=workers, patch_size=patch_size,
-            shard_index=shard_index, shard_count=shard_count)
+            shard_index=shard_index, shard_count=shard_count, self_donor_prob=self_donor_prob,
+            donor_history_prob=donor_history_prob)
 
     def val_batches():
         batches = forgery_pipeline.make_val_batches(patch_index, seed=54321, n_per_type=val_per_type,
-                                                    batch_size=val_batch_size, patch_size=patch_size)
+                                                    batch_size=val_batch_size, patch_size=patch_size,
+                                                    postprocess=postprocess, self_donor_prob=self_donor_prob,
+                                                    donor_history_prob=donor_history_prob)
         return [{k: b[k] for k in ("image", "mask", "kind", "weight")} for b in batches]
 
     def final_report(workdir: Path, summary: dict, sums: dict):
@@ -157,7 +166,9 @@ def make_task(model_cfg: ModelConfig, *, patch_index, learning_rate: float = 1e-
                   "init_checkpoint": str(Path(checkpoint).absolute()) if checkpoint else None,
                   "featex_learning_rate": featex_learning_rate, "type_weights": list(type_weights),
                   "pristine_share": pristine_share, "postprocess": postprocess, "patch_size": patch_size,
-                  "val_per_type": val_per_type, "val_batch_size": val_batch_size},
+                  "val_per_type": val_per_type, "val_batch_size": val_batch_size,
+                  **({"self_donor_prob": self_donor_prob, "donor_history_prob": donor_history_prob}
+                     if self_donor_prob or donor_history_prob else {})},
         outputs=("localisation_report.json", "localisation_report.md"),
     )
 

@@ -1,0 +1,1 @@
+"""Studies: resumable orchestrations of training runs, probes and evaluations (RESULTS.md)."""

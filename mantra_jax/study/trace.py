@@ -1,0 +1,325 @@
+"""The trace study: does a small CPU-trained ManTra-Net follow manipulation traces, or content?
+
+Parts, each resumable (a finished part's output is kept and reused; a training run continues from
+its checkpoint), run in this order by `run`:
+
+- ``probe``: which features carry traces, before any long training (`mantra_jax.eval.probe`): a
+  linear probe on local deviation statistics of each feature extractor, on content-neutral local
+  manipulations of the held-out test patches, fitted on the validation patches. Rows are saved one
+  by one to ``probe.json``.
+- ``train``: the end-to-end runs of `RUNS` (the trainer's command, one process each, in the
+  study's folder), the synthesis ablation.
+- ``dev``: every model (the trained runs, the reference checkpoints and the no-training noise
+  baseline) on the development sets: COVERAGE (its 100 pairs, the fitted masks of mask_aligned/
+  where the released ones do not fit) and casia2_dev; maps cached per model (`diagnose.CachedMaps`).
+- ``diagnose``: what the COVERAGE maps follow (texture, the pasted region against its source and
+  against the genuine look-alike object).
+- ``image_score``: image-level scores of a map, chosen on synthetic images (half forged, half
+  untouched, from the test patches) and then reported on COVERAGE against its originals.
+- ``results``: ``trace_results.json`` and ``trace_results.md``, every table.
+
+Checkpoints are chosen by each run's synthetic validation loss; nothing is chosen on the
+development sets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+# name -> (flags added to the study's end-to-end flagfile, what the run changes)
+RUNS = {
+    "e2e_trace_ppfalse": (["--postprocess=false"], "trace synthesis"),
+    "e2e_trace_pptrue": (["--postprocess=true"], "trace synthesis + whole-image JPEG/resize"),
+}
+BASELINE = "noise_baseline"
+IMAGE_SCORES = ("mean", "max", "p99_blur", "top1pct_mean")
+
+
+@dataclasses.dataclass
+class TraceStudy:
+    out: Path
+    pristine_dir: Path | None  # the photo folder of the training runs (its subsets linked)
+    imc_checkpoint: Path  # Featex of the runs (--init=half_random)
+    references: dict[str, Path]  # name -> checkpoint scored beside the runs (e.g. the shipped model)
+    coverage_dir: Path | None = None
+    casia2_dir: Path | None = None
+    flagfile: str = "experiments/flags/trace_e2e.flags"
+    pristine_subsets: tuple[str, ...] = ("kodak24", "cbsd68", "mcmaster18")
+    seed: int = 0
+    log: Callable[[str], None] = lambda m: print(f"[trace {time.strftime('%H:%M:%S')}] {m}", flush=True)
+
+    # ------------------------------------------------------------------ data
+    @property
+    def photos(self) -> Path:
+        return self.out / "data" / "pristine"
+
+    def prepare(self) -> None:
+        """Links the training photo subsets and COVERAGE's best mask set (nothing copied)."""
+        if not self.photos.exists():
+            if self.pristine_dir is None:
+                raise ValueError("the photo folder is needed for the training runs")
+            self.photos.mkdir(parents=True)
+            for sub in self.pristine_subsets:
+                source = Path(self.pristine_dir).absolute() / sub
+                if not source.is_dir():
+                    raise ValueError(f"{source}: no such folder")
+                os.symlink(source, self.photos / sub)
+        masks = self.out / "data" / "coverage_masks_all"
+        if self.coverage_dir and not masks.exists():
+            coverage = Path(self.coverage_dir).absolute()
+            masks.mkdir(parents=True)
+            for mask in sorted((coverage / "mask").glob("*forged.tif")):
+                aligned = coverage / "mask_aligned" / mask.name
+                os.symlink(aligned if aligned.exists() else mask, masks / mask.name)
+
+    def _index(self):
+        from mantra_jax.data import photos
+
+        return photos.build_patch_index(self.photos, patch=256)
+
+    def _patches(self, split: str) -> list[np.ndarray]:
+        from mantra_jax.data import stream
+
+        index = self._index()
+        source = stream.PatchSource(index.root, index.entries(split), index.patch_size)
+        return [source.patch(e) for e in index.entries(split)]
+
+    # ------------------------------------------------------------------ models
+    def models(self) -> dict[str, Path]:
+        """Every end-to-end model of the study: references first, then the finished runs."""
+        out = dict(self.references)
+        for name in RUNS:
+            if (self.out / name / "final_metrics.json").exists():
+                out[name] = self.out / name
+        return out
+
+    def _extractors(self) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        import jax
+
+        from mantra_jax import checkpoint
+        from mantra_jax.nn import featex, layers
+        from mantra_jax.nn import model as model_lib
+
+        cfg, imc = checkpoint.load_model(self.imc_checkpoint)
+        random = model_lib.init(jax.random.key(self.seed), cfg)
+
+        def featex_of(params, cfg):
+            fn = jax.jit(lambda x: featex.apply(params, model_lib.preprocess(x), cfg))
+            return lambda rgb: np.asarray(fn(rgb[None]))[0]
+
+        def first_layer_of(params, cfg):
+            kernel = featex.first_layer_kernel(params, cfg)
+            fn = jax.jit(lambda x: layers.symmetric_conv(model_lib.preprocess(x), kernel))
+            return lambda rgb: np.asarray(fn(rgb[None]))[0]
+
+        extractors = {
+            "first layer (SRM + Bayar), random": first_layer_of(random["params"]["Featex"], cfg),
+            "first layer (SRM + Bayar), IMC-trained": first_layer_of(imc["params"]["Featex"], cfg),
+            "Featex, random": featex_of(random["params"]["Featex"], cfg),
+            "Featex, IMC-385 (imc_small)": featex_of(imc["params"]["Featex"], cfg),
+        }
+        for name, path in self.models().items():
+            mcfg, variables = checkpoint.load_model(path)
+            extractors[f"Featex of {name}"] = featex_of(variables["params"]["Featex"], mcfg)
+        return extractors
+
+    # ------------------------------------------------------------------ parts
+    def run_probe(self) -> dict:
+        from mantra_jax.eval import baselines, probe
+
+        path = self.out / "probe.json"
+        table = json.loads(path.read_text()) if path.exists() else {}
+        fit = probe.probe_set(self._patches("val"), seed=self.seed)
+        test = probe.probe_set(self._patches("test"), seed=self.seed + 1)
+        if BASELINE not in table:
+            table[BASELINE] = {"readout": "its own map", **probe.map_auc(baselines.noise_inconsistency, test)}
+            path.write_text(json.dumps(table, indent=1))
+        for name, extractor in self._extractors().items():
+            if name in table:
+                continue
+            start = time.time()
+            table[name] = {"readout": "linear probe", **probe.run_probe(extractor, fit, test, seed=self.seed),
+                           "seconds": round(time.time() - start, 1)}
+            self.log(f"probe {name}: all {table[name]['all']:.3f}")
+            path.write_text(json.dumps(table, indent=1))
+        from mantra_jax.infer.predict import Predictor
+
+        for name, ckpt in self.models().items():
+            key = f"map of {name}"
+            if key not in table:
+                table[key] = {"readout": "the model's own map", **probe.map_auc(Predictor.from_checkpoint(ckpt).predict, test)}
+                self.log(f"probe {key}: all {table[key]['all']:.3f}")
+                path.write_text(json.dumps(table, indent=1))
+        return table
+
+    def commands(self) -> dict[str, list[str]]:
+        return {name: [sys.executable, "-m", "experiments.mantranet", f"--flagfile={self.flagfile}", *extra,
+                       "--init=half_random", f"--imc_checkpoint={Path(self.imc_checkpoint).absolute()}",
+                       f"--workdir={self.out / name}", f"--data_dir={self.photos}", f"--seed={self.seed}"]
+                for name, (extra, _) in RUNS.items()}
+
+    def run_training(self, name: str) -> None:
+        workdir = self.out / name
+        if (workdir / "final_metrics.json").exists():
+            return
+        command = self.commands()[name]
+        self.log(f"{name}: {' '.join(command)}")
+        start = time.time()
+        result = subprocess.run(command)
+        elapsed = time.time() - start
+        workdir.mkdir(parents=True, exist_ok=True)
+        wall_path = workdir / "study_wall.json"
+        wall = json.loads(wall_path.read_text()) if wall_path.exists() else {"seconds": 0.0, "invocations": 0}
+        wall_path.write_text(json.dumps({"seconds": wall["seconds"] + elapsed, "invocations": wall["invocations"] + 1}))
+        if result.returncode != 0 or not (workdir / "final_metrics.json").exists():
+            raise RuntimeError(f"{name} stopped (exit {result.returncode}) after {elapsed:.0f} s; rerun the study "
+                               "to continue it")
+
+    def _predict_fn(self, name: str, path: Path | None):
+        from mantra_jax.eval import baselines
+        from mantra_jax.eval.diagnose import CachedMaps
+
+        if name == BASELINE:
+            fn = baselines.noise_inconsistency
+        else:
+            predictor = []  # loaded on the first map that is not cached
+
+            def fn(rgb):
+                if not predictor:
+                    from mantra_jax.infer.predict import Predictor
+
+                    predictor.append(Predictor.from_checkpoint(path))
+                return predictor[0].predict(rgb)
+        return CachedMaps(fn, self.out / "maps" / name)
+
+    def dev_sets(self) -> dict[str, tuple]:
+        from mantra_jax.eval import datasets
+
+        sets = {}
+        if self.coverage_dir:
+            coverage = Path(self.coverage_dir)
+            pairs, skipped = datasets.pair_images_and_masks(coverage / "image", self.out / "data" / "coverage_masks_all",
+                                                            preset="coverage")
+            sets["coverage"] = (pairs, skipped, datasets.list_authentic_images(coverage / "image", preset="coverage"),
+                                "coverage")
+        if self.casia2_dir:
+            casia = Path(self.casia2_dir)
+            pairs, skipped = datasets.pair_images_and_masks(casia / "tampered", casia / "mask", preset="casia_v2")
+            sets["casia2_dev"] = (pairs, skipped, None, "casia_v2")
+        return sets
+
+    def run_dev(self) -> None:
+        from mantra_jax.eval.evaluate import EvaluationOptions, run_evaluation
+
+        for name, path in {**self.models(), BASELINE: None}.items():
+            for set_name, (pairs, skipped, authentic, preset) in self.dev_sets().items():
+                out = self.out / "eval" / name / set_name
+                if (out / "report.json").exists():
+                    continue
+                self.log(f"dev {name} on {set_name}: {len(pairs)} images")
+                start = time.time()
+                run_evaluation(self._predict_fn(name, path), pairs, authentic, out, EvaluationOptions(preset=preset),
+                               skipped=skipped, metadata={"model": str(path or name), "set": set_name}, progress=False)
+                (out / "seconds.json").write_text(json.dumps({"seconds": time.time() - start}))
+
+    def run_diagnose(self) -> dict:
+        from mantra_jax.eval import diagnose
+
+        if not self.coverage_dir:
+            return {}
+        pairs = self.dev_sets()["coverage"][0]
+        regions = diagnose.coverage_regions(Path(self.coverage_dir))
+        path = self.out / "diagnose.json"
+        result = json.loads(path.read_text()) if path.exists() else {}
+        for name in [*self.models(), BASELINE]:
+            if name not in result and (self.out / "maps" / name).is_dir():
+                result[name] = diagnose.diagnose_maps(diagnose.CachedMaps(None, self.out / "maps" / name), pairs, regions)
+                path.write_text(json.dumps(result, indent=1))
+        return result
+
+    def run_image_score(self) -> dict:
+        """Image-level scores chosen on synthetic images, reported on COVERAGE."""
+        from mantra_jax.data import forgeries
+        from mantra_jax.eval import datasets
+        from mantra_jax.metrics import pixel
+
+        path = self.out / "image_score.json"
+        result = json.loads(path.read_text()) if path.exists() else {}
+        patches = self._patches("test")
+        synthetic = []
+        for i, patch in enumerate(patches):
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x15C, i]))
+            donor = patches[(i + 1) % len(patches)]
+            image, _, _ = forgeries.synthesize(None, patch, donor, rng, donor_history_prob=0.5)
+            synthetic += [(image, 1), (patch, 0)]
+        for name in [*self.models(), BASELINE]:
+            if name in result:
+                continue
+            maps = self._predict_fn(name, self.models().get(name))
+            scores = {s: [] for s in IMAGE_SCORES}
+            labels = []
+            for image, label in synthetic:
+                prob = maps(image)
+                labels.append(label)
+                for s in IMAGE_SCORES:
+                    scores[s].append(image_score(prob, s))
+            synth_auc = {s: pixel.roc_auc(scores[s], labels) for s in IMAGE_SCORES}
+            chosen = max(IMAGE_SCORES, key=lambda s: synth_auc[s])
+            entry = {"synthetic_auc": synth_auc, "chosen": chosen}
+            if self.coverage_dir:
+                pairs, _, authentic, _ = self.dev_sets()["coverage"]
+                cov_scores = {s: [] for s in IMAGE_SCORES}
+                cov_labels = []
+                for p, label in [(pair.image, 1) for pair in pairs] + [(a, 0) for a in authentic]:
+                    prob = maps(datasets.read_rgb(p))
+                    cov_labels.append(label)
+                    for s in IMAGE_SCORES:
+                        cov_scores[s].append(image_score(prob, s))
+                entry["coverage_auc"] = {s: pixel.roc_auc(cov_scores[s], cov_labels) for s in IMAGE_SCORES}
+            result[name] = entry
+            self.log(f"image score {name}: chosen {chosen} (synthetic {synth_auc[chosen]:.3f})")
+            path.write_text(json.dumps(result, indent=1))
+        return result
+
+    def run(self, parts) -> None:
+        self.prepare()
+        if "probe" in parts:
+            self.run_probe()
+        if "train" in parts:
+            for name in RUNS:
+                self.run_training(name)
+        if "probe" in parts:
+            self.run_probe()  # the finished runs' rows
+        if "dev" in parts:
+            self.run_dev()
+        if "diagnose" in parts:
+            self.run_diagnose()
+        if "image_score" in parts:
+            self.run_image_score()
+
+
+def image_score(prob_HxW: np.ndarray, kind: str) -> float:
+    """An image-level score of a forgery map: "mean" (the paper's), "max", "p99_blur" (the 99th
+    percentile of the map averaged over 15 x 15 windows: a large region must be confident, not
+    one pixel) or "top1pct_mean" (the mean of the highest 1 % of pixels)."""
+    import cv2
+
+    prob = np.asarray(prob_HxW, np.float32)
+    if kind == "mean":
+        return float(prob.mean())
+    if kind == "max":
+        return float(prob.max())
+    if kind == "p99_blur":
+        return float(np.percentile(cv2.blur(prob, (15, 15)), 99))
+    if kind == "top1pct_mean":
+        flat = np.sort(prob.ravel())
+        return float(flat[-max(1, flat.size // 100):].mean())
+    raise ValueError(f"unknown image score {kind!r}; expected one of {IMAGE_SCORES}")
