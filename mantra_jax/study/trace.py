@@ -19,7 +19,9 @@ its checkpoint), run in this order by `run`:
 - ``results``: ``trace_results.json`` and ``trace_results.md``, every table.
 
 Checkpoints are chosen by each run's synthetic validation loss; nothing is chosen on the
-development sets.
+development sets. The model to ship is chosen by a rule fixed before any development figure was
+computed (`shipping_choice`): the end-to-end model whose own map scores the highest mean pixel AUC
+on the probe's content-neutral synthetic test images (the "map of" rows of probe.json).
 """
 from __future__ import annotations
 
@@ -304,6 +306,13 @@ class TraceStudy:
             self.run_diagnose()
         if "image_score" in parts:
             self.run_image_score()
+
+
+def shipping_choice(probe_table: dict) -> str | None:
+    """The model to ship: the highest mean AUC of a model's own map on the probe's synthetic,
+    content-neutral local manipulations (never a development-set figure)."""
+    rows = {k[len("map of "):]: v["all"] for k, v in probe_table.items() if k.startswith("map of ")}
+    return max(rows, key=rows.get) if rows else None
 
 
 def image_score(prob_HxW: np.ndarray, kind: str) -> float:
