@@ -251,8 +251,9 @@ def part_accelerator(ctx: Context, deadline: float) -> dict:
         raise PartFailed(f"benchmarks.accelerator wrote no {path.name} (rc {out['rc']})", out)
     report = json.loads(path.read_text())
     out["device"] = report.get("device")
-    out["rows"] = {f"{s['row']}/{s['dtype']}": {k: s.get(k) for k in ("ms", "per_s", "tflops_per_s", "peak_share",
-                                                                       "peak_gb", "torch_ms", "speed_ratio", "error")}
+    out["rows"] = {f"{s['row']}/{s['dtype']}": {**{k: s.get(k) for k in ("ms", "per_s", "tflops_per_s", "peak_share",
+                                                                          "peak_gb", "torch_ms", "speed_ratio", "error")},
+                                                 **({"sizes": s["sizes"]} if "sizes" in s else {})}
                    for s in report.get("summary", [])}
     out["measured"] = [f"{r['row']}/{r['dtype']}" for r in report.get("jax", []) if "median_s" in r]
     out["process_s"] = {f"{r['row']}/{r['dtype']}": round(r.get("process_s", 0), 1) for r in report.get("jax", [])}
@@ -453,6 +454,12 @@ def summary_lines(report: dict) -> list:
         if step and train.get("samples_per_s_median"):
             lines.append(f"training reached {train['samples_per_s_median'] / step['samples_per_s']:.0%} of the bare "
                          f"imc_train {step['dtype']} step's {step['samples_per_s']:.1f} samples/s")
+    for key, row in parts.get("accelerator", {}).get("rows", {}).items():
+        if row.get("sizes"):
+            from benchmarks.accelerator import sizes_text  # imports neither JAX nor torch
+
+            lines.append(f"compilation per new image size ({key}, first call / median after it): "
+                         + sizes_text(row["sizes"]))
     lines += [f"  {t['verdict']:<4}  {t['target']}" for t in report.get("targets", [])]
     return lines
 
