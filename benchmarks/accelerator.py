@@ -103,7 +103,7 @@ SHAPE_SETS = {
                                   RowSpec("infer_large", "infer", 1, 300, 400, repeats=3, tile=128),
                                   RowSpec("infer_sizes", "sizes", 1, 64, 96, repeats=3,
                                           sizes=((64, 96), (80, 112), (120, 160))))),
-    # Issue 16: the full-width network on the shapes a CPU affords, median of 3 after one warm-up.
+    # The full-width network on the shapes a CPU affords, median of 3 after one warm-up.
     "cpu": (1.0, (RowSpec("imc_train", "imc", 4, 128, 128, repeats=3, warmup=1),
                   RowSpec("e2e_train", "e2e", 2, 128, 128, repeats=3, warmup=1),
                   RowSpec("infer", "infer", 1, 256, 384, repeats=3, warmup=1))),
@@ -190,7 +190,8 @@ def measure_sizes(spec: RowSpec, dtype_name: str, shapes: str, repeats: int) -> 
     """One Predictor predicts an image of each of `spec.sizes` in turn: its first call (tracing,
     compilation and XLA's memory analysis of the whole-image program: what a new size costs; the
     first size also pays the process's one-time costs) against the median of `repeats` calls
-    after it."""
+    after it. Each size is also printed as a PARTIAL line: a process stopped by its timeout keeps
+    the sizes it finished."""
     import numpy as np
 
     from mantra_jax.infer.predict import Predictor
@@ -206,6 +207,7 @@ def measure_sizes(spec: RowSpec, dtype_name: str, shapes: str, repeats: int) -> 
         steady = harness.median(harness.time_calls(lambda: predictor.predict(rgb), repeats, warmup=0))
         out.append({"size": f"{height}x{width}", "cold_s": cold, "steady_s": steady,
                     "tiled": predictor.is_tiled(height, width)})
+        harness.emit(out[-1], "PARTIAL")
     return out
 
 
@@ -375,7 +377,7 @@ def format_sizes(summaries: list[dict]) -> list[str]:
         if "sizes" not in s:
             lines.append(f"{head} {s.get('error', 'not measured')}")
             continue
-        lines.append(f"{head} {sizes_text(s['sizes'])}")
+        lines.append(f"{head} {sizes_text(s['sizes'])}" + (f"; then {s['error']}" if "error" in s else ""))
     return lines
 
 
@@ -450,6 +452,8 @@ def orchestrate(args) -> int:
                          args.row_timeout, needs=max(took) if took and stage is not first else 0.0)
             result.setdefault("row", name)
             result.setdefault("dtype", dtype)
+            if specs[name].kind == "sizes" and "rows" in result:
+                result["sizes"] = result.pop("rows")  # the sizes it finished before it was stopped
             report["jax"].append(result)
             _write_json(args.json, report)
         # The peer of each row that JAX started (a PyTorch figure without its JAX one would only
@@ -571,7 +575,7 @@ def main(argv=None) -> int:
     shapes = parser.add_mutually_exclusive_group()
     shapes.add_argument("--quick", action="store_true", help="a 1/8-width network on small inputs (CPU smoke run)")
     shapes.add_argument("--cpu_shapes", action="store_true",
-                        help="the full-width network on CPU-sized inputs (issue 16), 3 timed calls after one warm-up")
+                        help="the full-width network on CPU-sized inputs, 3 timed calls after one warm-up")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     parser.add_argument("--rows", default=None, help=f"comma-separated subset of {','.join(ROWS)} "
                         "(default: every row of the shape set)")

@@ -118,7 +118,7 @@ def test_the_torch_peer_runs_only_the_rows_jax_started(monkeypatch, tmp_path, ca
     assert {s["row"]: s["speed_ratio"] for s in report["summary"]}["infer"] == pytest.approx(2.0)
 
 
-def test_compilation_row_times_the_first_call_of_each_new_size(monkeypatch):
+def test_compilation_row_times_the_first_call_of_each_new_size(monkeypatch, capsys):
     from mantra_jax.infer import predict
 
     spec = accelerator.row_specs("quick")["infer_sizes"]
@@ -143,11 +143,28 @@ def test_compilation_row_times_the_first_call_of_each_new_size(monkeypatch):
     sizes = accelerator.measure_sizes(tiny, "float32", "quick", repeats=2)
     assert [(z["size"], z["tiled"]) for z in sizes] == [("24x32", False), ("32x24", True)]
     assert all(z["cold_s"] >= 0.2 > 0.05 > z["steady_s"] for z in sizes), sizes
+    assert harness.tagged(capsys.readouterr().out, "PARTIAL") == sizes  # kept if the process is stopped
     summary = accelerator.summarize_row({"row": "infer_sizes", "dtype": "float32", "sizes": sizes}, None, None, tiny)
     assert summary["ms"] is None and summary["sizes"] == sizes
     assert "infer_sizes" not in accelerator.format_table([summary])
     (line,) = accelerator.format_sizes([summary])
     assert "24x32 0.2" in line and "32x24 0.2" in line and "(tiled)" in line
+
+
+def test_a_stopped_compilation_row_keeps_the_sizes_it_finished(monkeypatch, tmp_path, capsys):
+    finished = [{"size": "64x96", "cold_s": 8.0, "steady_s": 0.05, "tiled": False}]
+
+    def fake_child(module, args, timeout=None, env=None):
+        if "row" in args:
+            return {"error": "timeout", "detail": "no result within 9 s", "rows": finished, "process_s": 9.0}
+        return {"error": "exit 1", "detail": "", "process_s": 1.0}
+
+    monkeypatch.setattr(harness, "run_child", fake_child)
+    accelerator.main(["--quick", "--rows", "infer_sizes", "--dtypes", "float32", "--no_torch", "--no_loader",
+                      "--json", str(tmp_path / "a.json")])
+    (summary,) = json.loads((tmp_path / "a.json").read_text())["summary"]
+    assert summary["sizes"] == finished and summary["error"] == "timeout"
+    assert "64x96 8 s / 50 ms; then timeout" in capsys.readouterr().out
 
 
 def test_spent_budget_starts_no_measurement_and_says_so(tmp_path):
