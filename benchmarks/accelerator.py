@@ -13,11 +13,15 @@ Rows and their shape sets (batch x height x width):
   e2e_train    16 x 256 x 256          2 x 64 x 64             2 x 128 x 128
   infer        1 x 768 x 1024          1 x 96 x 128            1 x 256 x 384
   infer_large  1 x 3000 x 4000 (tiled) 1 x 300 x 400 (tiles of 128)   -
+  infer_sizes  480x640, 600x800,       64x96, 80x112, 120x160  -
+               1080x1440
 A train row runs the trainer's own step, `mantra_jax.train.loop.make_train_step` of the task the
 trainers build (IMC-385: `train.imc.make_task` at level 5; end to end: `train.mantranet.make_task`
 with the paper's optimiser of mantranet.flags, --init=half_random: Featex at its own Adam rate),
 with the trainer's default gradient clipping, jitted with the state donated over a ("data",) mesh
-of one device. Inference is `Predictor.predict` on a uint8 image, host to host. Weights are random
+of one device. Inference is `Predictor.predict` on a uint8 image, host to host. infer_sizes is
+what a new image size costs: one Predictor predicts one image of each size in turn, its first call
+(tracing and compilation included) against the median of 3 calls after it. Weights are random
 (harness.benchmark_variables: speed does not depend on them). --cpu_shapes uses 3 timed calls after
 one warm-up.
 
@@ -48,7 +52,7 @@ from typing import Optional
 
 from benchmarks import harness
 
-ROWS = ("imc_train", "e2e_train", "infer", "infer_large")
+ROWS = ("imc_train", "e2e_train", "infer", "infer_large", "infer_sizes")
 DTYPES = ("float32", "bfloat16")
 QUICK_WIDTH_SCALE = 0.125
 # The paper's learning rates (experiments/flags/imc385.flags, mantranet.flags).
@@ -72,27 +76,34 @@ def measurement_order(rows, dtypes) -> tuple[list, list]:
 @dataclasses.dataclass(frozen=True)
 class RowSpec:
     name: str
-    kind: str  # "imc", "e2e" (train steps) or "infer"
+    kind: str  # "imc", "e2e" (train steps), "infer" or "sizes" (compilation per image size)
     batch: int
     height: int
     width: int
     repeats: Optional[int] = None  # None: --repeats
     tile: Optional[int] = None  # inference: None tiles only above the Predictor's threshold
     warmup: int = harness.WARMUP_CALLS
+    sizes: tuple = ()  # kind "sizes": the (height, width) of each image, in order
 
     @property
     def shape(self) -> str:
+        if self.sizes:
+            return ",".join(f"{h}x{w}" for h, w in self.sizes)
         return f"{self.batch}x{self.height}x{self.width}"
 
 
 # Shape set -> (width scale of the network, rows).
 SHAPE_SETS = {
     "full": (1.0, (RowSpec("imc_train", "imc", 64, 128, 128), RowSpec("e2e_train", "e2e", 16, 256, 256),
-                   RowSpec("infer", "infer", 1, 768, 1024), RowSpec("infer_large", "infer", 1, 3000, 4000, repeats=3))),
+                   RowSpec("infer", "infer", 1, 768, 1024), RowSpec("infer_large", "infer", 1, 3000, 4000, repeats=3),
+                   RowSpec("infer_sizes", "sizes", 1, 480, 640, repeats=3,
+                           sizes=((480, 640), (600, 800), (1080, 1440))))),
     "quick": (QUICK_WIDTH_SCALE, (RowSpec("imc_train", "imc", 4, 32, 32), RowSpec("e2e_train", "e2e", 2, 64, 64),
                                   RowSpec("infer", "infer", 1, 96, 128),
-                                  RowSpec("infer_large", "infer", 1, 300, 400, repeats=3, tile=128))),
-    # Issue 16: the full-width network on the shapes a CPU affords, median of 3 after one warm-up.
+                                  RowSpec("infer_large", "infer", 1, 300, 400, repeats=3, tile=128),
+                                  RowSpec("infer_sizes", "sizes", 1, 64, 96, repeats=3,
+                                          sizes=((64, 96), (80, 112), (120, 160))))),
+    # The full-width network on the shapes a CPU affords, median of 3 after one warm-up.
     "cpu": (1.0, (RowSpec("imc_train", "imc", 4, 128, 128, repeats=3, warmup=1),
                   RowSpec("e2e_train", "e2e", 2, 128, 128, repeats=3, warmup=1),
                   RowSpec("infer", "infer", 1, 256, 384, repeats=3, warmup=1))),
@@ -175,6 +186,31 @@ def measure_peak(dtypes) -> dict:
     return out
 
 
+def measure_sizes(spec: RowSpec, dtype_name: str, shapes: str, repeats: int) -> list[dict]:
+    """One Predictor predicts an image of each of `spec.sizes` in turn: its first call (tracing,
+    compilation and XLA's memory analysis of the whole-image program: what a new size costs; the
+    first size also pays the process's one-time costs) against the median of `repeats` calls
+    after it. Each size is also printed as a PARTIAL line: a process stopped by its timeout keeps
+    the sizes it finished."""
+    import numpy as np
+
+    from mantra_jax.infer.predict import Predictor
+
+    cfg = model_config("infer", shapes)
+    predictor = Predictor(cfg, harness.benchmark_variables(cfg), dtype=dtype_name, tile=spec.tile)
+    out = []
+    for height, width in spec.sizes:
+        rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        start = time.perf_counter()
+        predictor.predict(rgb)
+        cold = time.perf_counter() - start
+        steady = harness.median(harness.time_calls(lambda: predictor.predict(rgb), repeats, warmup=0))
+        out.append({"size": f"{height}x{width}", "cold_s": cold, "steady_s": steady,
+                    "tiled": predictor.is_tiled(height, width)})
+        harness.emit(out[-1], "PARTIAL")
+    return out
+
+
 def measure_jax_row(spec: RowSpec, dtype_name: str, shapes: str, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -186,6 +222,8 @@ def measure_jax_row(spec: RowSpec, dtype_name: str, shapes: str, repeats: int) -
     dtype = jnp.dtype(dtype_name)
     result = {"row": spec.name, "dtype": dtype_name, "shape": spec.shape, "batch": spec.batch,
               "device": _device_description(device), "repeats": repeats}
+    if spec.kind == "sizes":
+        return {**result, "sizes": measure_sizes(spec, dtype_name, shapes, repeats)}
 
     if spec.kind in ("imc", "e2e"):
         from jax.sharding import NamedSharding, PartitionSpec as P
@@ -300,6 +338,8 @@ def summarize_row(jax_row: dict, torch_row: Optional[dict], peak: Optional[dict]
     peak_rate = (peak or {}).get("dtypes", {}).get(jax_row["dtype"], {}).get("tflops_per_s")
     s["peak_share"] = None if (s["tflops_per_s"] is None or not peak_rate) else s["tflops_per_s"] / peak_rate
     s["peak_gb"] = None if jax_row.get("peak_bytes") is None else jax_row["peak_bytes"] / 1e9
+    if "sizes" in jax_row:
+        s["sizes"] = jax_row["sizes"]
     s["speed_ratio"] = None  # torch ms / JAX ms, where both ran
     if torch_row is None:
         s["torch"] = "n/a"
@@ -316,6 +356,8 @@ def format_table(summaries: list[dict]) -> str:
               f"{'% peak':>7} {'peak GB':>8} {'torch ms':>9} {'jax/torch':>9}")
     lines = [header, "-" * len(header)]
     for s in summaries:
+        if s["row"] == "infer_sizes":  # its own lines (format_sizes)
+            continue
         share = None if s.get("peak_share") is None else 100 * s["peak_share"]
         torch_ms = _fmt(s.get("torch_ms"), ".4g") if "torch_ms" in s else s.get("torch", "n/a")
         ms = _fmt(s.get("ms"), ".4g", missing=s.get("error", "-"))
@@ -323,6 +365,26 @@ def format_table(summaries: list[dict]) -> str:
                      f"{_fmt(s.get('tflops_per_s'), '.3g'):>9} {_fmt(share, '.1f'):>7} "
                      f"{_fmt(s.get('peak_gb'), '.3g'):>8} {torch_ms:>9} {_fmt(s.get('speed_ratio'), '.2f'):>9}")
     return "\n".join(lines)
+
+
+def format_sizes(summaries: list[dict]) -> list[str]:
+    """The compilation rows: per image size, the first call against the steady calls."""
+    lines = []
+    for s in summaries:
+        if s["row"] != "infer_sizes":
+            continue
+        head = f"compilation per image size, {s['dtype']} (first call of a new size, compilation included / median after it):"
+        if "sizes" not in s:
+            lines.append(f"{head} {s.get('error', 'not measured')}")
+            continue
+        lines.append(f"{head} {sizes_text(s['sizes'])}" + (f"; then {s['error']}" if "error" in s else ""))
+    return lines
+
+
+def sizes_text(sizes: list[dict]) -> str:
+    """`480x640 12.3 s / 14.2 ms; ...`: per size, the first call and the median after it."""
+    return "; ".join(f"{z['size']} {z['cold_s']:.3g} s / {1e3 * z['steady_s']:.4g} ms" + (" (tiled)" if z["tiled"] else "")
+                     for z in sizes)
 
 
 SHAPE_FLAGS = {"full": [], "quick": ["--quick"], "cpu": ["--cpu_shapes"]}  # passed on to the children
@@ -390,8 +452,14 @@ def orchestrate(args) -> int:
                          args.row_timeout, needs=max(took) if took and stage is not first else 0.0)
             result.setdefault("row", name)
             result.setdefault("dtype", dtype)
+            if specs[name].kind == "sizes" and "rows" in result:
+                result["sizes"] = result.pop("rows")  # the sizes it finished before it was stopped
             report["jax"].append(result)
             _write_json(args.json, report)
+        # The peer of each row that JAX started (a PyTorch figure without its JAX one would only
+        # spend the budget) and that has a peer (compilation has none: PyTorch runs eagerly).
+        started = {(r["row"], r["dtype"]) for r in report["jax"] if r.get("error") != "skipped"}
+        stage = [(name, dtype) for name, dtype in stage if (name, dtype) in started and specs[name].kind != "sizes"]
         if not torch_version or not stage:
             continue
         pairs = ",".join(f"{name}:{dtype}" for name, dtype in stage)
@@ -428,6 +496,8 @@ def orchestrate(args) -> int:
     print(format_table(report["summary"]))
     print("shape: batch x height x width; samples/s: images/s for the infer rows; "
           "jax/torch: torch ms / JAX ms (>= 1: JAX at least as fast)")
+    for line in format_sizes(report["summary"]):
+        print(line)
     for result in report["jax"]:
         if "error" in result:
             print(f"  {result['row']} {result['dtype']}: {result['error']}: {result.get('detail', '')}")
@@ -505,7 +575,7 @@ def main(argv=None) -> int:
     shapes = parser.add_mutually_exclusive_group()
     shapes.add_argument("--quick", action="store_true", help="a 1/8-width network on small inputs (CPU smoke run)")
     shapes.add_argument("--cpu_shapes", action="store_true",
-                        help="the full-width network on CPU-sized inputs (issue 16), 3 timed calls after one warm-up")
+                        help="the full-width network on CPU-sized inputs, 3 timed calls after one warm-up")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     parser.add_argument("--rows", default=None, help=f"comma-separated subset of {','.join(ROWS)} "
                         "(default: every row of the shape set)")

@@ -1,10 +1,10 @@
-"""The whole accelerator run of issue 19 as one command that stops itself before a budget.
+"""The whole accelerator run as one command that stops itself before a budget.
 
     python -m benchmarks.accelerator_run --out DIR --budget_s N [--quick]
         [--parts wheels,accelerator,loaders,train,environment] [--wheels carry/wheels]
         [--photos carry/pristine] [--scratch DIR] [--rows ROW,...] [--dtypes D,...]
 
-(from the repository root; on the lent H200, `benchmarks/README.md` gives the exact call). Parts,
+(from the repository root; on a GPU machine, `benchmarks/README.md` gives the exact call). Parts,
 in this order, each run as its own process(es):
 
   wheels       pip-installs the carried wheels (`--wheels`: grain, PyWavelets and what they need
@@ -37,7 +37,7 @@ process group SIGKILL. `--quick` runs the same code paths at tiny sizes (the 1/8
 network of `accelerator.py --quick`, tiny loader batches, a 1/8-width IMC-385 on 32 x 32
 crops): a rehearsal on a CPU.
 
-DIR holds at most 8 plain files, no folders (what the device tool brings back): run.json (the
+DIR holds at most 8 plain files, no folders (easy to copy back from a remote machine): run.json (the
 plan, each part's status, times and figures, the loaders' targets), run.log (every process's output),
 accelerator.json, train_metrics.jsonl, imc_report.md, environment.txt. run.json is rewritten after
 every part, so an interrupted run keeps what it finished.
@@ -61,8 +61,8 @@ from typing import Callable, Optional
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PARTS = ("wheels", "accelerator", "loaders", "train", "environment")
-# The least seconds each part is started with (full run, --quick). Estimates for the H200 (process
-# start, compilation, the timed calls), not measurements: run.json records what each part took.
+# The least seconds each part is started with (full run, --quick). Estimates for an H100 or H200
+# (process start, compilation, the timed calls), not measurements: run.json records what each part took.
 MINIMUM_S = {
     "wheels": (20.0, 20.0),
     "accelerator": (60.0, 30.0),
@@ -251,8 +251,9 @@ def part_accelerator(ctx: Context, deadline: float) -> dict:
         raise PartFailed(f"benchmarks.accelerator wrote no {path.name} (rc {out['rc']})", out)
     report = json.loads(path.read_text())
     out["device"] = report.get("device")
-    out["rows"] = {f"{s['row']}/{s['dtype']}": {k: s.get(k) for k in ("ms", "per_s", "tflops_per_s", "peak_share",
-                                                                       "peak_gb", "torch_ms", "speed_ratio", "error")}
+    out["rows"] = {f"{s['row']}/{s['dtype']}": {**{k: s.get(k) for k in ("ms", "per_s", "tflops_per_s", "peak_share",
+                                                                          "peak_gb", "torch_ms", "speed_ratio", "error")},
+                                                 **({"sizes": s["sizes"]} if "sizes" in s else {})}
                    for s in report.get("summary", [])}
     out["measured"] = [f"{r['row']}/{r['dtype']}" for r in report.get("jax", []) if "median_s" in r]
     out["process_s"] = {f"{r['row']}/{r['dtype']}": round(r.get("process_s", 0), 1) for r in report.get("jax", [])}
@@ -453,6 +454,12 @@ def summary_lines(report: dict) -> list:
         if step and train.get("samples_per_s_median"):
             lines.append(f"training reached {train['samples_per_s_median'] / step['samples_per_s']:.0%} of the bare "
                          f"imc_train {step['dtype']} step's {step['samples_per_s']:.1f} samples/s")
+    for key, row in parts.get("accelerator", {}).get("rows", {}).items():
+        if row.get("sizes"):
+            from benchmarks.accelerator import sizes_text  # imports neither JAX nor torch
+
+            lines.append(f"compilation per new image size ({key}, first call / median after it): "
+                         + sizes_text(row["sizes"]))
     lines += [f"  {t['verdict']:<4}  {t['target']}" for t in report.get("targets", [])]
     return lines
 

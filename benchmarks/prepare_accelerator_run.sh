@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fills carry/ (git-ignored) with what benchmarks/accelerator_run.py needs on the lent accelerator
-# machine, which reaches no package registry and does not see ../shared:
+# Fills carry/ (git-ignored) with what benchmarks/accelerator_run.py needs on a GPU
+# machine that reaches no package registry and does not see ../shared:
 #   carry/wheels/    grain and PyWavelets with what they need that the machine's image lacks
 #                    (array-record, portpicker; tensorboardX for the trainer's TensorBoard events;
 #                    in wheels/fallback, a protobuf installed there only if the image's is too old),

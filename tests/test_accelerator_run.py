@@ -200,3 +200,13 @@ def test_wheels_install_into_the_site_and_fall_back_to_the_carried_protobuf_only
     out = run.part_wheels(ctx, deadline=ctx.clock() + 60)
     assert len(installed) == 1 and "fallback" not in out
     assert ctx.available == {"grain": False, "pywt": True} and "portpicker" in out["import_errors"]["grain"]
+
+
+def test_summary_names_the_compilation_cost_of_each_new_image_size():
+    sizes = [{"size": "480x640", "cold_s": 21.5, "steady_s": 0.0123, "tiled": False},
+             {"size": "1080x1440", "cold_s": 9.25, "steady_s": 0.0456, "tiled": False}]
+    report = {"parts": {"accelerator": {"status": "ok", "seconds": 100.0,
+                                        "rows": {"infer/bfloat16": {"ms": 15.0},
+                                                 "infer_sizes/bfloat16": {"ms": None, "sizes": sizes}}}}}
+    (line,) = [l for l in run.summary_lines(report) if "compilation" in l]
+    assert "infer_sizes/bfloat16" in line and "480x640 21.5 s / 12.3 ms" in line and "1080x1440 9.25 s / 45.6 ms" in line

@@ -3,6 +3,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -82,10 +83,88 @@ def test_benchmark_variables_have_the_model_shapes():
 def test_measurement_order_puts_the_headline_pairs_first():
     first, rest = accelerator.measurement_order(accelerator.ROWS, accelerator.DTYPES)
     assert first == [("imc_train", "bfloat16"), ("infer", "bfloat16")]
-    assert rest == [("e2e_train", "bfloat16"), ("infer_large", "bfloat16"), ("imc_train", "float32"),
-                    ("e2e_train", "float32"), ("infer", "float32"), ("infer_large", "float32")]
+    assert rest == [("e2e_train", "bfloat16"), ("infer_large", "bfloat16"), ("infer_sizes", "bfloat16"),
+                    ("imc_train", "float32"), ("e2e_train", "float32"), ("infer", "float32"),
+                    ("infer_large", "float32"), ("infer_sizes", "float32")]
     assert accelerator.measurement_order(["infer_large", "infer"], ["float32"]) == ([], [("infer", "float32"),
                                                                                          ("infer_large", "float32")])
+
+
+def test_the_torch_peer_runs_only_the_rows_jax_started(monkeypatch, tmp_path, capsys):
+    """A PyTorch row whose JAX row was never started (the budget) would only spend the budget;
+    the compilation row has no peer."""
+    calls = []
+
+    def fake_child(module, args, timeout=None, env=None):
+        calls.append(args)
+        kind = args[args.index("--child") + 1]
+        if kind == "row":  # the headline rows take so long that no other row may start
+            row, dtype = args[args.index("--row") + 1], args[args.index("--dtypes") + 1]
+            return {"row": row, "dtype": dtype, "median_s": 0.1, "flops": 1e9, "process_s": 1e6}
+        if kind == "torch":
+            pairs = [p.split(":") for p in args[args.index("--pairs") + 1].split(",")]
+            return {"rows": [{"row": r, "dtype": d, "median_s": 0.2} for r, d in pairs], "process_s": 1.0}
+        return {"error": "exit 1", "detail": "", "process_s": 1.0}
+
+    monkeypatch.setattr(harness, "run_child", fake_child)
+    monkeypatch.setattr(accelerator, "_torch_available", lambda: "2.13.0")
+    assert accelerator.main(["--quick", "--dtypes", "bfloat16", "--no_loader", "--budget_s", "1000",
+                             "--json", str(tmp_path / "a.json")]) == 0
+    torch_pairs = [c[c.index("--pairs") + 1] for c in calls if "torch" in c]
+    assert torch_pairs == ["imc_train:bfloat16,infer:bfloat16"]
+    report = json.loads((tmp_path / "a.json").read_text())
+    skipped = {r["row"] for r in report["jax"] if r.get("error") == "skipped"}
+    assert skipped == {"e2e_train", "infer_large", "infer_sizes"}
+    assert {s["row"]: s["speed_ratio"] for s in report["summary"]}["infer"] == pytest.approx(2.0)
+
+
+def test_compilation_row_times_the_first_call_of_each_new_size(monkeypatch, capsys):
+    from mantra_jax.infer import predict
+
+    spec = accelerator.row_specs("quick")["infer_sizes"]
+    assert spec.sizes and len(set(spec.sizes)) == len(spec.sizes)
+    assert all(h * w <= predict.DEFAULT_MAX_UNTILED_PIXELS for h, w in accelerator.row_specs("full")["infer_sizes"].sizes)
+
+    class CompilingPredictor:  # what jit does, without its minutes on a CPU: a new size compiles
+        def __init__(self, cfg, variables, dtype, tile):
+            self.compiled = set()
+
+        def predict(self, rgb):
+            if rgb.shape[:2] not in self.compiled:
+                time.sleep(0.2)
+                self.compiled.add(rgb.shape[:2])
+
+        def is_tiled(self, height, width):
+            return height > 30
+
+    monkeypatch.setattr(predict, "Predictor", CompilingPredictor)
+    monkeypatch.setattr(harness, "benchmark_variables", lambda cfg: {})
+    tiny = accelerator.RowSpec("infer_sizes", "sizes", 1, 24, 32, sizes=((24, 32), (32, 24)))
+    sizes = accelerator.measure_sizes(tiny, "float32", "quick", repeats=2)
+    assert [(z["size"], z["tiled"]) for z in sizes] == [("24x32", False), ("32x24", True)]
+    assert all(z["cold_s"] >= 0.2 > 0.05 > z["steady_s"] for z in sizes), sizes
+    assert harness.tagged(capsys.readouterr().out, "PARTIAL") == sizes  # kept if the process is stopped
+    summary = accelerator.summarize_row({"row": "infer_sizes", "dtype": "float32", "sizes": sizes}, None, None, tiny)
+    assert summary["ms"] is None and summary["sizes"] == sizes
+    assert "infer_sizes" not in accelerator.format_table([summary])
+    (line,) = accelerator.format_sizes([summary])
+    assert "24x32 0.2" in line and "32x24 0.2" in line and "(tiled)" in line
+
+
+def test_a_stopped_compilation_row_keeps_the_sizes_it_finished(monkeypatch, tmp_path, capsys):
+    finished = [{"size": "64x96", "cold_s": 8.0, "steady_s": 0.05, "tiled": False}]
+
+    def fake_child(module, args, timeout=None, env=None):
+        if "row" in args:
+            return {"error": "timeout", "detail": "no result within 9 s", "rows": finished, "process_s": 9.0}
+        return {"error": "exit 1", "detail": "", "process_s": 1.0}
+
+    monkeypatch.setattr(harness, "run_child", fake_child)
+    accelerator.main(["--quick", "--rows", "infer_sizes", "--dtypes", "float32", "--no_torch", "--no_loader",
+                      "--json", str(tmp_path / "a.json")])
+    (summary,) = json.loads((tmp_path / "a.json").read_text())["summary"]
+    assert summary["sizes"] == finished and summary["error"] == "timeout"
+    assert "64x96 8 s / 50 ms; then timeout" in capsys.readouterr().out
 
 
 def test_spent_budget_starts_no_measurement_and_says_so(tmp_path):
