@@ -101,3 +101,20 @@ def test_image_scores_match_numpy():
     assert trace.image_score(prob, "p99_blur") == pytest.approx(np.percentile(blurred, 99), rel=1e-5)
     with pytest.raises(ValueError, match="unknown image score"):
         trace.image_score(prob, "median")
+
+
+def test_trace_study_commands_and_shipping_rule(tmp_path):
+    from pathlib import Path
+
+    study = trace.TraceStudy(out=tmp_path / "study", pristine_dir=None, imc_checkpoint=Path("checkpoints/imc_small"),
+                             references={})
+    commands = study.commands()
+    assert set(commands) == set(trace.RUNS)
+    stage2 = commands["e2e_trace_pp_stage2"]
+    # A run's own flags come after the defaults they replace (absl: the last one wins).
+    assert stage2.index("--init=authors") > stage2.index("--init=half_random")
+    assert f"--imc_checkpoint={(tmp_path / 'study' / 'e2e_trace_ppfalse').absolute()}" in stage2
+    assert f"--workdir={tmp_path / 'study' / 'e2e_trace_pp_stage2'}" in stage2
+    table = {"map of a": {"all": 0.7}, "map of b": {"all": 0.8}, "Featex of c": {"all": 0.99}}
+    assert trace.shipping_choice(table) == "b"
+    assert trace.shipping_choice({}) is None

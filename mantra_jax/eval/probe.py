@@ -112,9 +112,10 @@ def _box(x: np.ndarray, window: int) -> np.ndarray:
     return cv2.boxFilter(x, -1, (window, window), borderType=cv2.BORDER_REFLECT)
 
 
-def deviation_descriptors(feat_HxWxC: np.ndarray, window: int = 15) -> np.ndarray:
+def deviation_descriptors(feat_HxWxC: np.ndarray, window: int = 15, with_energy: bool = True) -> np.ndarray:
     """H x W x 3C: per channel, the local mean's Z-score against the image (signed and squared),
-    and log(local energy / image energy), local statistics over `window` x `window`."""
+    and log(local energy / image energy), local statistics over `window` x `window`. Without
+    `with_energy`, H x W x 2C: the Z-scores alone, the statistic the anomaly network computes."""
     f = np.asarray(feat_HxWxC, np.float32)
     h, w, c = f.shape
     mean = f.reshape(-1, c).mean(0)
@@ -123,6 +124,8 @@ def deviation_descriptors(feat_HxWxC: np.ndarray, window: int = 15) -> np.ndarra
     local_mean = np.stack([_box(f[..., i], window) for i in range(c)], -1)
     local_energy = np.stack([_box(f[..., i] * f[..., i], window) for i in range(c)], -1)
     z = (local_mean - mean) / std
+    if not with_energy:
+        return np.concatenate([z, z * z], -1)
     ratio = np.log(np.maximum(local_energy, 0.0) + 1e-8) - np.log(energy)
     return np.concatenate([z, z * z, ratio], -1)
 
@@ -159,7 +162,7 @@ def logistic_score(x_NxD: np.ndarray, fitted) -> np.ndarray:
 
 
 def run_probe(extractor: Extractor, fit: Sequence[ProbeImage], test: Sequence[ProbeImage], *,
-              window: int = 15, pixels_per_image: int = 2000, seed: int = 0) -> dict[str, float]:
+              window: int = 15, pixels_per_image: int = 2000, seed: int = 0, energy: bool = True) -> dict[str, float]:
     """Pixel AUC of a linear probe per operation on `test`, and their mean ("all").
 
     One probe per operation (a trace the features carry may move a statistic up or down: one
@@ -173,7 +176,7 @@ def run_probe(extractor: Extractor, fit: Sequence[ProbeImage], test: Sequence[Pr
     def described(sample):
         key = id(sample)
         if key not in descriptors:
-            d = deviation_descriptors(extractor(sample.image), window)
+            d = deviation_descriptors(extractor(sample.image), window, energy)
             descriptors[key] = d.reshape(-1, d.shape[-1])
         return descriptors[key]
 

@@ -38,8 +38,12 @@ import numpy as np
 
 # name -> (flags added to the study's end-to-end flagfile, what the run changes)
 RUNS = {
-    "e2e_trace_ppfalse": (["--postprocess=false"], "trace synthesis"),
-    "e2e_trace_pptrue": (["--postprocess=true"], "trace synthesis + whole-image JPEG/resize"),
+    "e2e_trace_ppfalse": (["--postprocess=false"], "trace synthesis, from the IMC model's Featex"),
+    "e2e_trace_pptrue": (["--postprocess=true"], "trace synthesis + whole-image JPEG/resize, from the IMC model's Featex"),
+    # The post-processed task as a second stage: the whole first model, 500 more steps at 3e-4.
+    "e2e_trace_pp_stage2": (["--postprocess=true", "--init=authors", "--imc_checkpoint={e2e_trace_ppfalse}",
+                             "--learning_rate=3e-4", "--epochs=2"],
+                            "e2e_trace_ppfalse, then 500 steps with whole-image JPEG/resize"),
 }
 BASELINE = "noise_baseline"
 IMAGE_SCORES = ("mean", "max", "p99_blur", "top1pct_mean")
@@ -163,8 +167,11 @@ class TraceStudy:
         return table
 
     def commands(self) -> dict[str, list[str]]:
-        return {name: [sys.executable, "-m", "experiments.mantranet", f"--flagfile={self.flagfile}", *extra,
+        # Later flags win: a run's own flags (RUNS) come after the defaults they replace.
+        runs = {name: (self.out / name).absolute() for name in RUNS}
+        return {name: [sys.executable, "-m", "experiments.mantranet", f"--flagfile={self.flagfile}",
                        "--init=half_random", f"--imc_checkpoint={Path(self.imc_checkpoint).absolute()}",
+                       *[e.format(**runs) for e in extra],
                        f"--workdir={self.out / name}", f"--data_dir={self.photos}", f"--seed={self.seed}"]
                 for name, (extra, _) in RUNS.items()}
 
