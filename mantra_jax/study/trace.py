@@ -298,6 +298,77 @@ class TraceStudy:
             path.write_text(json.dumps(result, indent=1))
         return result
 
+    def write_results(self) -> Path:
+        """trace_results.md: every table of the study from what its parts wrote."""
+        from mantra_jax.eval import probe
+
+        def read(path):
+            return json.loads(path.read_text()) if path.exists() else {}
+
+        def fmt(v, digits=3):
+            return "-" if v is None else f"{v:.{digits}f}"
+
+        lines = ["# The trace study", ""]
+        table = read(self.out / "probe.json")
+        if table:
+            lines += ["## Probe: content-neutral local manipulations of the test patches (pixel AUC)", "",
+                      "| features or map | readout | " + " | ".join(probe.OPS) + " | mean |",
+                      "|---|---|" + "---|" * (len(probe.OPS) + 1)]
+            for name, row in table.items():
+                lines.append(f"| {name} | {row.get('readout', '')} | "
+                             + " | ".join(fmt(row.get(op)) for op in probe.OPS) + f" | {fmt(row.get('all'))} |")
+            lines += ["", f"Shipping choice (fixed rule): {shipping_choice(table)}", ""]
+        lines += ["## Runs", "", "| run | what | steps | wall (min) | s / step | best step | synthetic val AUC | F1 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, (_, what) in RUNS.items():
+            rows = [json.loads(line) for line in (self.out / name / "metrics.jsonl").read_text().splitlines()] \
+                if (self.out / name / "metrics.jsonl").exists() else []
+            if not rows:
+                continue
+            train = [r for r in rows if r.get("kind") == "train"]
+            val = [r for r in rows if r.get("kind") == "val"]
+            final = read(self.out / name / "final_metrics.json")
+            best = min(val, key=lambda r: r["val_loss"]) if val else {}
+            minutes = (rows[-1]["time"] - train[0]["time"]) / 60 if train else None
+            steps = train[-1]["step"] if train else 0
+            lines.append(f"| {name} | {what}{'' if final else ' (stopped)'} | {steps} | {fmt(minutes, 1)} | "
+                         f"{fmt(minutes * 60 / max(steps - 1, 1) if minutes else None, 2)} | {best.get('step', '-')} | "
+                         f"{fmt(best.get('auc_overall'))} | {fmt(best.get('f1_overall'))} |")
+        sets = ("coverage", "casia2_dev")
+        lines += ["", "## Development sets (pixel AUC mean / pooled, F1 at 0.5, best F1; image AUC: mean map)", "",
+                  "| model | " + " | ".join(f"{s} AUC | {s} pooled | {s} F1 | {s} best F1" for s in sets)
+                  + " | COVERAGE image AUC |", "|---|" + "---|" * (4 * len(sets) + 1)]
+        for name in [*self.models(), BASELINE]:
+            cells = []
+            image = None
+            for s in sets:
+                r = read(self.out / "eval" / name / s / "report.json")
+                cells += [fmt(r.get(k)) for k in ("pixel_auc_mean", "pixel_auc_pooled", "f1_at_0.5_mean", "f1_best_mean")]
+                image = image or r.get("image_auc")
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(image)} |")
+        diag = read(self.out / "diagnose.json")
+        if diag:
+            keys = ("forged_vs_background", "copy_vs_background", "paste_vs_background", "forged_vs_copy",
+                    "forged_vs_paste")
+            lines += ["", "## What the COVERAGE maps follow (mean AUC over images)", "",
+                      "| model | pasted | source | genuine look-alike | pasted vs source | pasted vs look-alike | texture |",
+                      "|---|---|---|---|---|---|---|"]
+            for name, row in diag.items():
+                lines.append(f"| {name} | " + " | ".join(fmt(row.get(f"{k}_auc_mean")) for k in keys)
+                             + f" | {fmt(row.get('texture_auc_mean'))} |")
+        scores = read(self.out / "image_score.json")
+        if scores:
+            lines += ["", "## Image-level scores: AUC on synthetic images (choice) and on COVERAGE", "",
+                      "| model | chosen | " + " | ".join(f"{s} synth / COVERAGE" for s in IMAGE_SCORES) + " |",
+                      "|---|---|" + "---|" * len(IMAGE_SCORES)]
+            for name, row in scores.items():
+                cov = row.get("coverage_auc", {})
+                lines.append(f"| {name} | {row['chosen']} | " + " | ".join(
+                    f"{fmt(row['synthetic_auc'].get(s))} / {fmt(cov.get(s))}" for s in IMAGE_SCORES) + " |")
+        path = self.out / "trace_results.md"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
     def run(self, parts) -> None:
         self.prepare()
         if "probe" in parts:
@@ -313,6 +384,7 @@ class TraceStudy:
             self.run_diagnose()
         if "image_score" in parts:
             self.run_image_score()
+        self.write_results()
 
 
 def shipping_choice(probe_table: dict) -> str | None:
