@@ -72,6 +72,15 @@ def make_task(model_cfg: ModelConfig, *, patch_index, learning_rate: float = 1e-
               checkpoint: Optional[str] = None, featex_learning_rate: float = 5e-5,
               type_weights=(1, 1, 1, 1), pristine_share: float = 0.0, postprocess: Optional[dict] = None,
               val_per_type: int = 64, val_batch_size: int = 16, workers: int = 0, patch_size: int = 256) -> Task:
+    """The end-to-end ManTra-Net task (what experiments.mantranet trains) for `loop.train`.
+
+    model_cfg: a ManTra-Net configuration (head "ladn"); patch_index: the pristine photos
+    (photos.build_patch_index); init: one of INITS, "random", the paper's Table 7 settings
+    "half_random" / "half_freeze" (Featex from the IMC `checkpoint`, learning at
+    `featex_learning_rate` or frozen) or "authors" (a whole ManTra-Net `checkpoint`); type_weights, pristine_share, postprocess: the forgery stream
+    (forgery_pipeline.make_train_dataset) on patch_size x patch_size patches; val_per_type: fixed
+    validation forgeries per type. The loss is the pixel-wise binary cross-entropy of the N x P x P
+    logits against the masks; the validation summary holds "val_loss" and the pixel metrics."""
     if model_cfg.head != "ladn":
         raise ValueError("end-to-end training needs the ManTra-Net head (head='ladn')")
     freeze = init == "half_freeze"
