@@ -72,7 +72,7 @@ def test_a_converted_released_model_runs_in_the_module_unchanged(tmp_path):
 
 def test_module_variables_save_and_load_as_a_checkpoint(tmp_path):
     cfg = checkpoint.read_model_config(CHECKPOINTS / "mantranet_small")
-    variables = ManTraNet(cfg).init(jax.random.key(5), _image(n=1))
+    variables = ManTraNet(cfg).init(jax.random.key(5), _image())  # the shapes model.apply compiled for above
     checkpoint.save_model(tmp_path / "ckpt", cfg, variables)
     _, loaded = checkpoint.load_model(tmp_path / "ckpt")
     assert jax.tree.structure(loaded) == jax.tree.structure(jax.tree.map(np.asarray, variables))
