@@ -12,6 +12,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from experiments import cli
 from mantra_jax.infer import convert
 from mantra_jax.nn import model
 
@@ -42,4 +43,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

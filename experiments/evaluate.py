@@ -18,7 +18,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from experiments import common
+from experiments import cli, common
 from mantra_jax import provenance, workdir
 from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import datasets
@@ -89,4 +89,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

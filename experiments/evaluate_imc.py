@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments import common
+from experiments import cli, common
 from mantra_jax import provenance
 from mantra_jax.eval import imc_eval
 from mantra_jax.nn import config
@@ -67,4 +67,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from experiments import common
+from experiments import cli, common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "End-to-end (ManTra-Net) checkpoint folder.")
@@ -49,4 +49,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments import common
+from experiments import cli, common
 from mantra_jax import provenance
 from mantra_jax.eval import kcmi
 from mantra_jax.nn import config
@@ -53,4 +53,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

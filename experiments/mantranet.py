@@ -6,7 +6,7 @@ fine-tuned from a converted checkpoint of the authors' weights.
 """
 from absl import app, flags
 
-from experiments import common
+from experiments import cli, common
 from mantra_jax.errors import exit_on_user_error
 
 FLAGS = flags.FLAGS
@@ -82,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

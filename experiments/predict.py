@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from experiments import common
+from experiments import cli, common
 from mantra_jax.infer import predict
 from mantra_jax.data import images
 from mantra_jax.errors import exit_on_user_error
@@ -57,4 +57,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

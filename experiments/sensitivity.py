@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from experiments import common
+from experiments import cli, common
 from mantra_jax import provenance
 from mantra_jax.data import forgeries
 from mantra_jax.eval import sensitivity
@@ -98,4 +98,4 @@ def print_summary(files: sensitivity.StudyFiles, record: dict) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

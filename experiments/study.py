@@ -32,6 +32,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from experiments import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "runs/study", "Study folder: one work directory per run, eval/, RESULTS.md.")
 flags.DEFINE_string("pristine_dir", None, "Folder of pristine photos (the subsets below are its sub-folders).")
@@ -418,4 +420,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from experiments import cli
+
 from mantra_jax.errors import exit_on_user_error
 
 FLAGS = flags.FLAGS
@@ -50,4 +52,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

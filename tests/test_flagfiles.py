@@ -24,3 +24,19 @@ def test_flagfile_parses(flagfile):
 def test_flagfiles_exist_for_both_trainers():
     names = {p.name for p in FLAGFILES}
     assert {"imc385.flags", "imc385_smoke.flags", "mantranet.flags", "mantranet_smoke.flags"} <= names
+
+
+def test_a_shipped_flagfile_is_found_from_any_directory(tmp_path, monkeypatch):
+    from experiments import cli
+
+    monkeypatch.chdir(tmp_path)
+    shipped = str(cli.FLAGS_DIR / "imc385_smoke.flags")
+    assert cli.resolve_flagfiles(["prog", "--flagfile=experiments/flags/imc385_smoke.flags", "--seed=1"]) == [
+        "prog", f"--flagfile={shipped}", "--seed=1"]
+    assert cli.resolve_flagfiles(["prog", "--flagfile", "imc385_smoke.flags", "-flagfile=mantranet.flags"]) == [
+        "prog", "--flagfile", shipped, f"-flagfile={cli.FLAGS_DIR / 'mantranet.flags'}"]
+    # A file that exists where the command runs is read as given, and an unknown one is left to absl's error.
+    (tmp_path / "experiments" / "flags").mkdir(parents=True)
+    (tmp_path / "experiments" / "flags" / "imc385_smoke.flags").write_text("--seed=3\n")
+    for given in ("experiments/flags/imc385_smoke.flags", "experiments/flags/nonexistent.flags", "other/imc385.flags"):
+        assert cli.resolve_flagfiles(["prog", f"--flagfile={given}"]) == ["prog", f"--flagfile={given}"]

@@ -314,7 +314,11 @@ def evaluate_checkpoint(checkpoint, images, masks, out_dir, options: EvaluationO
     """Scores a checkpoint on the folders `images` and `masks` (and `authentic`, for the image-level
     metrics) with run_evaluation; report.json's "run" entry records the step scored and why, the
     model configuration, the command line and the folders. A missing or empty folder, an unusable
-    checkpoint or an `out_dir` that is a file raise UserError."""
+    checkpoint or an `out_dir` that is a file raise UserError.
+
+    Returns the summary written to report.json (pixel_metrics.summarize: "n_images",
+    "pixel_auc_mean", "pixel_auc_pooled", "f1_at_0.5_mean", "iou_at_0.5_mean", ..., "image_auc"
+    with `authentic`), with "notes", "options" and "run"."""
     _check_out(out_dir)
     try:  # the folder checks raise these, naming the folder and the problem
         pairs, skipped = datasets.pair_images_and_masks(images, masks, preset=options.preset)

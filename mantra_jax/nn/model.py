@@ -22,6 +22,10 @@ from mantra_jax.nn.config import ModelConfig
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def init(rng, cfg: ModelConfig) -> dict:
+    """New variables of the network `cfg` from a jax.random key: {"params": {"Featex": ...,
+    "outlierTrans", "glbStd", "cLSTM", "pred"}, "batch_stats": {"bnorm": ...}} for ManTra-Net,
+    {"params": {"Featex", "imc"}, "batch_stats": {}} for the IMC network (float32 arrays; the
+    layout of every checkpoint, see the module docstring). Jitted, `cfg` static."""
     k_featex, k_head = jax.random.split(rng)
     params = {"Featex": featex.init(k_featex, cfg)}
     if cfg.head == "imc":

@@ -33,7 +33,15 @@ def cross_entropy(logits_NxC, labels_N, weights_N=None):
 def make_task(model_cfg: ModelConfig, *, level: int, patch_index, learning_rate: float,
               val_samples: int = 3800, val_batch_size: int = 64, crop: int = 128, workers: int = 0,
               init_variables=None) -> Task:
-    """The IMC task at hierarchy `level` (0 = 7 families ... 5 = 380 leaves)."""
+    """The IMC task at hierarchy `level` (0 = 7 families ... 5 = 380 leaves), what
+    experiments.imc385 trains, for `loop.train`.
+
+    model_cfg: an IMC configuration (head "imc", num_classes = taxonomy.num_classes(level));
+    patch_index: the pristine photos (photos.build_patch_index); batches of crop x crop patches,
+    each manipulated by one of the 380 leaves (imc_pipeline.make_train_dataset); the loss is the
+    cross-entropy of the spatially pooled N x classes logits; the validation summary holds
+    "val_loss" and "L{j}_top{k}" for every level j <= level, on `val_samples` fixed samples.
+    init_variables: rng -> variables (None: model.init)."""
     level = taxonomy.level_index(level)
     if model_cfg.head != "imc" or model_cfg.num_classes != taxonomy.num_classes(level):
         raise ValueError(f"the IMC task at level {level} needs head='imc' and "

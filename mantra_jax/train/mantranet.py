@@ -73,11 +73,19 @@ def make_task(model_cfg: ModelConfig, *, patch_index, learning_rate: float = 1e-
               type_weights=(1, 1, 1, 1), pristine_share: float = 0.0, postprocess: Optional[dict] = None,
               val_per_type: int = 64, val_batch_size: int = 16, workers: int = 0, patch_size: int = 256,
               self_donor_prob: float = 0.0, donor_history_prob: float = 0.0) -> Task:
-    """The end-to-end localisation task. The synthesis (``forgery_pipeline``): forgery types by
-    ``type_weights``, ``pristine_share`` untouched samples, optional whole-image
-    ``postprocess``, and for splices ``self_donor_prob`` (donor from the sample's own patch) and
-    ``donor_history_prob`` (donor processed by a random IMC manipulation). The validation set
-    is synthesised the same way, from fixed seeds."""
+    """The end-to-end ManTra-Net task (what experiments.mantranet trains) for `loop.train`.
+
+    model_cfg: a ManTra-Net configuration (head "ladn"); patch_index: the pristine photos
+    (photos.build_patch_index); init: one of INITS, "random", the paper's Table 7 settings
+    "half_random" / "half_freeze" (Featex from the IMC `checkpoint`, learning at
+    `featex_learning_rate` or frozen) or "authors" (a whole ManTra-Net `checkpoint`).
+    The synthesis (forgery_pipeline.make_train_dataset) on patch_size x patch_size patches:
+    forgery types by `type_weights`, `pristine_share` untouched samples, optional whole-image
+    `postprocess`, and for splices `self_donor_prob` (the donor is the sample's own patch) and
+    `donor_history_prob` (the donor is processed by a random IMC manipulation). The fixed
+    validation set (val_per_type forgeries per type) is synthesised the same way. The loss is the
+    pixel-wise binary cross-entropy of the N x P x P logits against the masks; the validation
+    summary holds "val_loss" and the pixel metrics."""
     if model_cfg.head != "ladn":
         raise ValueError("end-to-end training needs the ManTra-Net head (head='ladn')")
     freeze = init == "half_freeze"
