@@ -197,7 +197,7 @@ class FeatureHead(NamedTuple):
     adaptation layer, so that Featex runs once for both outputs (the IMC class maps of
     mantra_jax/infer/trace.py). Pass 1's halo grows by `radius`, so its map is exact too."""
 
-    fn: Callable  # (variables, feat_1xhxwxC) -> float32 (h, w, channels); hashable: a jit static argument
+    fn: Callable  # (variables, feat_1xhxwxC[, extent]) -> float32 (h, w, channels); hashable: a jit static argument
     variables: Any
     channels: int
     radius: int  # its receptive radius beyond Featex's
