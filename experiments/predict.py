@@ -32,8 +32,9 @@ flags.DEFINE_float("trace_threshold", trace.DEFAULT_THRESHOLD, "Pixels whose top
 flags.DEFINE_string("out", None, "Output folder (created).", required=True)
 common.define_step_flag()
 flags.DEFINE_bool("npy", False, "Also write <stem>.npy, float32 H x W probabilities.")
-flags.DEFINE_integer("tile", None, "Interior size in pixels of the tiles every image is processed in (default: "
-                     f"{tiled.DEFAULT_TILE}; tiles of one size compile once for every image size).", lower_bound=1)
+flags.DEFINE_integer("tile", None, "Interior size in pixels of the tiles every image is processed in (default: one "
+                     f"of {', '.join(map(str, tiled.TILE_CHOICES))} by the image's size; a tile compiles once for "
+                     "every image size).", lower_bound=1)
 flags.DEFINE_integer("max_untiled_pixels", predict.DEFAULT_MAX_UNTILED_PIXELS, "Images up to this many pixels take "
                      "the whole-image pass instead of tiles when it fits the free memory (one compilation per image "
                      "size; 0: every image is tiled).", lower_bound=0)

@@ -86,10 +86,10 @@ def test_tiling_switches_on_above_the_pixel_limit(ckpt, tiled_calls):
     limited = predict.Predictor(cfg, variables, max_untiled_pixels=70 * 90 - 1)
     assert not limited.is_tiled(60, 90) and limited.is_tiled(70, 90)
     np.testing.assert_allclose(limited.predict(rgb), whole, atol=1e-4)
-    assert calls == [tiled.DEFAULT_TILE]
+    assert calls == [None]  # the tile chosen by the image size
     forced = predict.Predictor(cfg, variables, tile=16)
     np.testing.assert_allclose(forced.predict(rgb), whole, atol=1e-4)
-    assert calls == [tiled.DEFAULT_TILE, 16]
+    assert calls == [None, 16]
     predict.Predictor(cfg, variables, max_untiled_pixels=70 * 90).predict(rgb)
     assert len(calls) == 2  # at the limit: one whole-image pass
 
@@ -105,7 +105,7 @@ def test_whole_image_or_tiled_follows_xla_memory_analysis_against_the_budget(ckp
     small = predict.Predictor(cfg, variables, max_untiled_pixels=10**9, memory_budget_bytes=needed)
     assert small.is_tiled(70, 90)
     np.testing.assert_allclose(small.predict(rgb), whole, atol=1e-4)
-    assert calls == [tiled.DEFAULT_TILE]
+    assert calls == [None]  # the tile chosen by the image size
     roomy = predict.Predictor(cfg, variables, max_untiled_pixels=10**9, memory_budget_bytes=4 * needed)
     assert not roomy.is_tiled(70, 90)
     np.testing.assert_array_equal(roomy.predict(rgb), whole)

@@ -42,7 +42,7 @@ Every image is processed in tiles on canvases of one size (mantra_jax.nn.tiled.
 canvas_probabilities): the same map as the whole-image pass, from two programs compiled once per
 model, tile and precision, whatever the image sizes, so that a folder of many sizes costs its
 pixels, not one compilation per size; memory is bounded by the tile. `tile` sets the tiles'
-interior size (default tiled.DEFAULT_TILE). `max_untiled_pixels` above 0 lets images up to that
+interior size (default: one of tiled.TILE_CHOICES by the image's size, tiled.choose_tile). `max_untiled_pixels` above 0 lets images up to that
 many pixels take the whole-image pass instead, compiled for each new size, when XLA's memory
 analysis of it fits the free memory of the device (tiled.whole_image_program).
 """
@@ -110,8 +110,8 @@ class Predictor:
         features_only: bool = False,
     ):
         """`dtype`: the convolutions' computation dtype ("float32" or "bfloat16").
-        `tile`: the tiles' interior size (None: tiled.DEFAULT_TILE); with a `tile` given every
-        image is tiled. `max_untiled_pixels` > 0: images up to that many pixels whose whole-image
+        `tile`: the tiles' interior size (None: tiled.choose_tile's by the image's size); with a
+        `tile` given every image is tiled. `max_untiled_pixels` > 0: images up to that many pixels whose whole-image
         program fits `memory_budget_bytes` (None: the device's free memory when the image comes)
         by XLA's memory analysis take the whole-image pass (one compilation per image size).
         `features_only`:
@@ -178,8 +178,7 @@ class Predictor:
         program = self._whole_program(height, width)
         if program is not None:
             return np.asarray(program(self.variables, rgb))
-        return tiled.canvas_probabilities(self.variables, rgb, self.cfg, tile=self.tile or tiled.DEFAULT_TILE,
-                                          dtype=self.dtype)
+        return tiled.canvas_probabilities(self.variables, rgb, self.cfg, tile=self.tile, dtype=self.dtype)
 
     def predict_batch(self, rgb_NxHxWx3, *, batch_size: Optional[int] = None) -> np.ndarray:
         """Probabilities (float32 N x H x W) of N equal-sized uint8 RGB images, in whole-image

@@ -150,18 +150,19 @@ def _trace_canvas(featex_params, head_vars, rgb_SxSx3, extent, *, cfg, dtype):
     return trace_from_features(head_vars, feat, extent)
 
 
-def tiled_trace(featex_params, head_vars, rgb_HxWx3, cfg: ModelConfig, *, tile: int = tiled.DEFAULT_TILE,
+def tiled_trace(featex_params, head_vars, rgb_HxWx3, cfg: ModelConfig, *, tile: Optional[int] = None,
                 dtype=jnp.float32, halo: Optional[int] = None) -> np.ndarray:
     """`whole_image_trace` tile by tile on canvases of one size (tiled.canvas_segments): every
     crop has the halo featex.receptive_radius + 1 (`halo` overrides it, to show that less breaks
-    the equality); one compilation for every image size. Images with a side below
-    tiled.MIN_CANVAS_SIDE take the whole-image pass."""
+    the equality); one compilation for every image size. `tile` None: tiled.choose_tile's. Images
+    with a side below tiled.MIN_CANVAS_SIDE take the whole-image pass."""
     rgb = np.asarray(rgb_HxWx3)
     height, width = rgb.shape[:2]
     dtype = jnp.dtype(dtype)
     if min(height, width) < tiled.MIN_CANVAS_SIDE:
         return np.asarray(whole_image_trace(featex_params, head_vars, rgb, cfg, dtype))
     halo = featex.receptive_radius(cfg) + HEAD_RADIUS if halo is None else halo
+    tile = tiled.choose_tile(height, width, cfg, HEAD_RADIUS) if tile is None else tile
     side = tile + 2 * halo + max(cfg.first_kernel // 2, HEAD_RADIUS)  # room to mirror the borders
     canvas = np.zeros((side, side, 3), np.uint8)
     out = np.empty((height, width, 2), np.float32)
@@ -233,7 +234,7 @@ class Tracer:
         featex_params = self.variables["params"]["Featex"]
         if program is not None:
             return _to_trace(program(featex_params, self.head_vars, rgb), self.level)
-        return _to_trace(tiled_trace(featex_params, self.head_vars, rgb, self.cfg, tile=self.tile or tiled.DEFAULT_TILE,
+        return _to_trace(tiled_trace(featex_params, self.head_vars, rgb, self.cfg, tile=self.tile,
                                      dtype=self.dtype), self.level)
 
 
@@ -282,8 +283,7 @@ class MaskAndTrace:
             prob, out = program(p.variables, self.tracer.head_vars, rgb)
             return np.asarray(prob), _to_trace(out, level)
         head = tiled.FeatureHead(trace_from_features, self.tracer.head_vars, 2, HEAD_RADIUS)
-        prob, out = tiled.canvas_probabilities(p.variables, rgb, p.cfg, tile=p.tile or tiled.DEFAULT_TILE, dtype=p.dtype,
-                                               feature_head=head)
+        prob, out = tiled.canvas_probabilities(p.variables, rgb, p.cfg, tile=p.tile, dtype=p.dtype, feature_head=head)
         return prob, _to_trace(out, level)
 
 

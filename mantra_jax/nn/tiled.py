@@ -396,6 +396,33 @@ def canvas_segments(length: int, tile: int, halo: int) -> list[Segment]:
     return segments
 
 
+# The tiles `choose_tile` picks from, largest first: DEFAULT_TILE and smaller ones for small
+# images (a 256 x 256 patch on DEFAULT_TILE's canvas would cost 4.5 times its arithmetic).
+TILE_CHOICES = (DEFAULT_TILE, 256, 128)
+
+
+def canvas_pixels(height: int, width: int, cfg: ModelConfig, tile: int, head_radius: int = 0) -> int:
+    """The canvas pixels both passes of `canvas_probabilities` compute for an image: its cost."""
+    halo_featex, halo_ladn = halos(cfg)
+    total = 0
+    for halo, side in zip((halo_featex + head_radius, halo_ladn), canvas_sides(cfg, tile, head_radius)):
+        total += len(canvas_segments(height, tile, halo)) * len(canvas_segments(width, tile, halo)) * side * side
+    return total
+
+
+def choose_tile(height: int, width: int, cfg: ModelConfig, head_radius: int = 0) -> int:
+    """The tile of TILE_CHOICES for an image: a smaller tile only where it halves the canvas
+    pixels of the larger one, so that a folder of similar sizes shares one tile (one pair of
+    compiled programs) and a small image is not computed on a canvas many times its size. At
+    most len(TILE_CHOICES) tiles, and so compilations, for any number of image sizes."""
+    best, best_pixels = TILE_CHOICES[0], canvas_pixels(height, width, cfg, TILE_CHOICES[0], head_radius)
+    for tile in TILE_CHOICES[1:]:
+        pixels = canvas_pixels(height, width, cfg, tile, head_radius)
+        if 2 * pixels <= best_pixels:
+            best, best_pixels = tile, pixels
+    return best
+
+
 def canvas_sides(cfg: ModelConfig, tile: int, head_radius: int = 0) -> tuple[int, int]:
     """(pass-1 canvas side, pass-2 canvas side) in pixels for `tile`: a crop with its halos, and
     in pass 1 the rows and columns that Featex mirrors beyond an image's border."""
@@ -434,7 +461,7 @@ def canvas_pass2(variables, features_SxSxC, extent, mean_C, std_C, *, cfg, dtype
     return jax.nn.sigmoid(ladn.decide(params, z, dtype, inside=inside))[0]
 
 
-def canvas_probabilities(variables, rgb_HxWx3, cfg: ModelConfig, *, tile: int = DEFAULT_TILE, dtype=jnp.float32,
+def canvas_probabilities(variables, rgb_HxWx3, cfg: ModelConfig, *, tile: Optional[int] = None, dtype=jnp.float32,
                          feature_head: Optional[FeatureHead] = None):
     """`tiled_probabilities` on canvases of one size per pass (`canvas_sides`): every image, of
     any size, runs the same two compiled programs (for a given model, tile, dtype and head), so
@@ -443,7 +470,8 @@ def canvas_probabilities(variables, rgb_HxWx3, cfg: ModelConfig, *, tile: int = 
     each crop's image borders mirrored inside the canvas (layers.reflect_beyond) and the LADN's
     windows and ConvLSTM confined to the crop (`extent`). The adapted features wait between the
     passes in host memory (adapt_dim float32 values per pixel). Images with a side below
-    MIN_CANVAS_SIDE take the whole-image pass instead."""
+    MIN_CANVAS_SIDE take the whole-image pass instead. `tile`: None chooses one of
+    TILE_CHOICES by the image's size (`choose_tile`)."""
     _check_cfg(cfg)
     rgb_HxWx3 = np.asarray(rgb_HxWx3)
     _check_rgb(rgb_HxWx3)
@@ -458,6 +486,7 @@ def canvas_probabilities(variables, rgb_HxWx3, cfg: ModelConfig, *, tile: int = 
     halo_featex, halo_ladn = halos(cfg)
     head_radius = feature_head.radius if feature_head is not None else 0
     halo_featex += head_radius
+    tile = choose_tile(height, width, cfg, head_radius) if tile is None else tile
     side1, side2 = canvas_sides(cfg, tile, head_radius)
     channels = cfg.adapt_dim
     store = np.empty((height, width, channels), np.float32)
