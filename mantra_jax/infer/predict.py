@@ -17,7 +17,7 @@ writes for each image OUTDIR/<output>_mask.png (round(255 p), 8-bit grey), OUTDI
 (a JET heat map blended over the photo), with --npy OUTDIR/<output>.npy (float32 H x W), and one row
 of OUTDIR/summary.csv: file, output (the name of its outputs: the stem, with "-2", "-3", ...
 appended when inputs share a stem), height, width, score (the mean likelihood, the paper's image
-score), seconds (reading and predicting; the first image of each new size includes compilation),
+score), seconds (reading and predicting; the first image of each tile size includes compilation),
 note (e.g. that an animated GIF or a multi-page TIFF was read as its first frame). Folders are
 searched recursively; files inside OUTDIR are never inputs (earlier outputs), and a run whose
 images all lie there says so. A file that cannot be read or predicted (or a symbolic link loop) is

@@ -65,6 +65,10 @@ SUMMARY_MAX_OTHERS = 5
 TRACE_SUMMARY_FIELDS = ("trace_level", "trace_dominant", "trace_dominant_share", "trace_others",
                         "trace_below_threshold")
 HEAD_RADIUS = 1  # the 3x3 IMC head
+# The most per-pixel class logits one tile may hold (float32: 160 MB per array of them): the IMC
+# head's logits and probabilities on DEFAULT_TILE's canvas, at 380 classes, would take 450 MB
+# each, and a 1-megapixel mask + trace more than 1.5 GB.
+MAX_TILE_LOGITS = 40_000_000
 
 
 class TraceMap(NamedTuple):
@@ -154,7 +158,7 @@ def tiled_trace(featex_params, head_vars, rgb_HxWx3, cfg: ModelConfig, *, tile: 
                 dtype=jnp.float32, halo: Optional[int] = None) -> np.ndarray:
     """`whole_image_trace` tile by tile on canvases of one size (tiled.canvas_segments): every
     crop has the halo featex.receptive_radius + 1 (`halo` overrides it, to show that less breaks
-    the equality); one compilation for every image size. `tile` None: tiled.choose_tile's. Images
+    the equality); one compilation for every image size. `tile` None: `trace_tile`'s. Images
     with a side below tiled.MIN_CANVAS_SIDE take the whole-image pass."""
     rgb = np.asarray(rgb_HxWx3)
     height, width = rgb.shape[:2]
@@ -162,7 +166,7 @@ def tiled_trace(featex_params, head_vars, rgb_HxWx3, cfg: ModelConfig, *, tile: 
     if min(height, width) < tiled.MIN_CANVAS_SIDE:
         return np.asarray(whole_image_trace(featex_params, head_vars, rgb, cfg, dtype))
     halo = featex.receptive_radius(cfg) + HEAD_RADIUS if halo is None else halo
-    tile = tiled.choose_tile(height, width, cfg, HEAD_RADIUS) if tile is None else tile
+    tile = trace_tile(height, width, cfg, _classes(head_vars)) if tile is None else tile
     side = tile + 2 * halo + max(cfg.first_kernel // 2, HEAD_RADIUS)  # room to mirror the borders
     canvas = np.zeros((side, side, 3), np.uint8)
     out = np.empty((height, width, 2), np.float32)
@@ -175,6 +179,21 @@ def tiled_trace(featex_params, head_vars, rgb_HxWx3, cfg: ModelConfig, *, tile: 
             out[r.start : r.stop, c.start : c.stop] = crop_out[r.start - r.crop_start : r.stop - r.crop_start,
                                                                c.start - c.crop_start : c.stop - c.crop_start]
     return out
+
+
+def trace_tile(height: int, width: int, cfg: ModelConfig, classes: int) -> int:
+    """The tile of tiled.choose_tile, or the largest smaller one of tiled.TILE_CHOICES whose canvas
+    holds at most MAX_TILE_LOGITS logits of `classes` classes."""
+    tile = tiled.choose_tile(height, width, cfg, HEAD_RADIUS)
+    halo = featex.receptive_radius(cfg) + HEAD_RADIUS
+    for smaller in tiled.TILE_CHOICES:
+        if smaller <= tile and (smaller + 2 * halo) ** 2 * classes <= MAX_TILE_LOGITS:
+            return smaller
+    return tiled.TILE_CHOICES[-1]
+
+
+def _classes(head_vars) -> int:
+    return int(head_vars["imc"]["kernel"].shape[-1])
 
 
 def _fits(compiled, budget_bytes: Optional[int]) -> bool:
@@ -283,7 +302,8 @@ class MaskAndTrace:
             prob, out = program(p.variables, self.tracer.head_vars, rgb)
             return np.asarray(prob), _to_trace(out, level)
         head = tiled.FeatureHead(trace_from_features, self.tracer.head_vars, 2, HEAD_RADIUS)
-        prob, out = tiled.canvas_probabilities(p.variables, rgb, p.cfg, tile=p.tile, dtype=p.dtype, feature_head=head)
+        tile = p.tile or trace_tile(*rgb.shape[:2], p.cfg, _classes(self.tracer.head_vars))
+        prob, out = tiled.canvas_probabilities(p.variables, rgb, p.cfg, tile=tile, dtype=p.dtype, feature_head=head)
         return prob, _to_trace(out, level)
 
 

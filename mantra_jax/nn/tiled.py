@@ -30,6 +30,14 @@ the Featex cost. The image is uploaded once and cropped on the device, so the on
 tile are a few offsets up and a 2 x adapt_dim vector (pass 1) or the crop's probabilities
 (pass 2) down: an accelerator is not held up by host copies or host arithmetic.
 
+The fixed-shape tiled pass (`canvas_probabilities`, what inference uses) computes the same two
+passes on canvases of one size per tile size: each crop fills the top-left part of the canvas (its
+`extent`), Featex mirrors the crop's bottom and right edges into the canvas before every layer
+(layers.reflect_beyond) and the LADN's window means and ConvLSTM count and see only the crop,
+so that a crop edge at an image border is that border exactly as in the whole-image pass. No crop
+needs to be shifted or shortened to a size of its own, so every image, of any size, runs the
+same compiled programs; the adapted features wait between the passes in host memory.
+
 Whether an image may take the whole-image pass is decided by `whole_image_program`: it compiles
 that program for the image's size and compares what XLA's memory analysis says it needs
 (temporaries, arguments and output) with the memory the device has free (an accelerator's
