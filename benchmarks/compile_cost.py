@@ -170,9 +170,10 @@ def main() -> None:
         print(f"cold_s={cold:.1f} warm_s={warm:.1f} warm_over_cold={warm / cold:.2f}")
     if "released" in parts:
         r = _run(["--child", "released"])
-        print(f"released width, 1024 x 768: tiled {r['tiled_s_per_mp']:.2f} s/MP (first call {r['tiled_first_s']:.1f} s), "
-              f"whole-image {r['whole_s_per_mp']:.2f} s/MP (first call {r['whole_first_s']:.1f} s); "
-              f"{r['flops'] / 1e9:.0f} GFLOP at {r['conv_gflops_per_s']:.1f} GFLOP/s: floor {r['floor_s_per_mp']:.2f} s/MP")
+        print(f"released width, 1024 x 768: tiled {r['tiled_s_per_mp']:.2f} s/MP (first call "
+              f"{r['tiled_first_s']:.1f} s), whole-image {r['whole_s_per_mp']:.2f} s/MP (first call "
+              f"{r['whole_first_s']:.1f} s); {r['flops'] / 1e9:.0f} GFLOP at {r['conv_gflops_per_s']:.1f} GFLOP/s: "
+              f"floor {r['floor_s_per_mp']:.2f} s/MP")
         print(f"tiled_s_per_mp={r['tiled_s_per_mp']:.2f} whole_s_per_mp={r['whole_s_per_mp']:.2f} "
               f"floor_s_per_mp={r['floor_s_per_mp']:.2f}")
     if "memory" in parts and args.trace_checkpoint:

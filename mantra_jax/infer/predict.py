@@ -42,9 +42,10 @@ Every image is processed in tiles on canvases of one size (mantra_jax.nn.tiled.
 canvas_probabilities): the same map as the whole-image pass, from two programs compiled once per
 model, tile and precision, whatever the image sizes, so that a folder of many sizes costs its
 pixels, not one compilation per size; memory is bounded by the tile. `tile` sets the tiles'
-interior size (default: one of tiled.TILE_CHOICES by the image's size, tiled.choose_tile). `max_untiled_pixels` above 0 lets images up to that
-many pixels take the whole-image pass instead, compiled for each new size, when XLA's memory
-analysis of it fits the free memory of the device (tiled.whole_image_program).
+interior size (default: one of tiled.TILE_CHOICES by the image's size, tiled.choose_tile).
+`max_untiled_pixels` above 0 lets images up to that many pixels take the whole-image pass
+instead, compiled for each new size, when XLA's memory analysis of it fits the free memory of
+the device (tiled.whole_image_program).
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ from mantra_jax.nn.config import ModelConfig
 
 # 0: every image takes the fixed-shape tiled pass. The whole-image pass compiles the network for
 # each new image size (about four times the arithmetic of a 120,000-pixel image for the 1/8-width
-# model on a 2-core CPU: benchmarks/README.md, "Many sizes") and peaks at about 5.2 KB per pixel
+# model on a 2-core CPU: benchmarks/README.md, compile_cost.py) and peaks at about 5.2 KB per pixel
 # for the released model (benchmarks/tiled_memory.py).
 DEFAULT_MAX_UNTILED_PIXELS = 0
 OVERLAY_ALPHA = 0.5
@@ -111,12 +112,11 @@ class Predictor:
     ):
         """`dtype`: the convolutions' computation dtype ("float32" or "bfloat16").
         `tile`: the tiles' interior size (None: tiled.choose_tile's by the image's size); with a
-        `tile` given every image is tiled. `max_untiled_pixels` > 0: images up to that many pixels whose whole-image
-        program fits `memory_budget_bytes` (None: the device's free memory when the image comes)
-        by XLA's memory analysis take the whole-image pass (one compilation per image size).
-        `features_only`:
-        accept any head (an IMC model too) for `features`; the probability methods still need a
-        ManTra-Net model."""
+        `tile` given every image is tiled. `max_untiled_pixels` > 0: images up to that many
+        pixels whose whole-image program fits `memory_budget_bytes` (None: the device's free
+        memory when the image comes) by XLA's memory analysis take the whole-image pass (one
+        compilation per image size). `features_only`: accept any head (an IMC model too) for
+        `features`; the probability methods still need a ManTra-Net model."""
         self.cfg = cfg
         if not features_only:
             self._check_localiser()

@@ -23,8 +23,8 @@ the map's class at level k is the most probable level-k node, not the ancestor o
 probable fine class. A level finer than the checkpoint's cannot be made.
 
 Tiling. The map at a pixel depends on the input within `featex.receptive_radius(cfg) + 1` pixels
-(the head adds one), so tiles cut with that halo by `tiled.axis_segments` (the mask's tiling rule)
-give the whole-image map (the same classes, probabilities to float32 rounding, as for the mask),
+(the head adds one), so tiles cut with that halo by `tiled.canvas_segments` (the mask's tiling
+rule) give the whole-image map (the same classes, probabilities to float32 rounding, as for the mask),
 in memory bounded by the tile size, on canvases of one size (`tiled.canvas_probabilities`), so
 that every image size shares one compilation. With a mask model whose
 Featex is the IMC checkpoint's (the half-freeze of Table 7), `MaskAndTrace` runs Featex once for
