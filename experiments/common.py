@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,35 @@ from mantra_jax.nn import config as config_lib
 
 FLAGS = flags.FLAGS
 PREEMPTED_EXIT_STATUS = 75  # os.EX_TEMPFAIL
+
+
+COMPILATION_CACHE_ENV = "MANTRA_JAX_COMPILATION_CACHE"
+
+
+def default_compilation_cache() -> str:
+    """$MANTRA_JAX_COMPILATION_CACHE when set (empty: no cache), else $XDG_CACHE_HOME/mantra_jax/xla
+    (~/.cache/mantra_jax/xla)."""
+    if COMPILATION_CACHE_ENV in os.environ:
+        return os.environ[COMPILATION_CACHE_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "mantra_jax", "xla")
+
+
+def define_compilation_cache_flag():
+    flags.DEFINE_string("compilation_cache", default_compilation_cache(), "Folder of JAX's persistent compilation "
+                        "cache: programs compiled by an earlier run are read from it instead of compiled again. "
+                        f"Empty: no cache. Default: ${COMPILATION_CACHE_ENV} when set, else "
+                        "$XDG_CACHE_HOME/mantra_jax/xla (~/.cache/mantra_jax/xla).")
+
+
+def use_compilation_cache(folder: str) -> None:
+    """JAX's persistent compilation cache in `folder` (nothing when empty): what an entry point
+    sets up, never the library (it is process-wide)."""
+    if not folder:
+        return
+    import jax  # noqa: PLC0415
+
+    jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
 
 
 def define_common_flags(default_workdir: str):

@@ -45,6 +45,7 @@ flags.DEFINE_bool("invert_predictions", False, "Per-image max over p and 1-p for
 flags.DEFINE_integer("bins", pixel_metrics.DEFAULT_BINS, "Histogram bins over [0, 1] (a power of two).")
 flags.DEFINE_integer("max_images", 0, "Score only the first N forged and N authentic images (0: all).", lower_bound=0)
 flags.DEFINE_integer("n_panels", 4, "Best and worst images drawn as panels.", lower_bound=0)
+common.define_compilation_cache_flag()
 flags.DEFINE_enum("image_score", "mean", ["mean", "max"], "Image score for image-level metrics.")
 
 
@@ -76,6 +77,7 @@ def _evaluate() -> dict:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    common.use_compilation_cache(FLAGS.compilation_cache)
     logging.get_absl_handler().addFilter(_QuietOrbax())
     out = FLAGS.out  # a second run writing this folder is refused
     with workdir.lock(out, what="evaluation") if out else contextlib.nullcontext():

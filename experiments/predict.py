@@ -32,13 +32,15 @@ flags.DEFINE_float("trace_threshold", trace.DEFAULT_THRESHOLD, "Pixels whose top
 flags.DEFINE_string("out", None, "Output folder (created).", required=True)
 common.define_step_flag()
 flags.DEFINE_bool("npy", False, "Also write <stem>.npy, float32 H x W probabilities.")
-flags.DEFINE_integer("tile", None, "Tile every image with this interior size in pixels (default: tile only images "
-                     f"above --max_untiled_pixels, at {tiled.DEFAULT_TILE}).", lower_bound=1)
-flags.DEFINE_integer("max_untiled_pixels", predict.DEFAULT_MAX_UNTILED_PIXELS, "Larger images are processed tile "
-                     "by tile, and so are smaller ones whose whole-image pass would not fit the free memory.",
-                     lower_bound=0)
+flags.DEFINE_integer("tile", None, "Interior size in pixels of the tiles every image is processed in (default: one "
+                     f"of {', '.join(map(str, tiled.TILE_CHOICES))} by the image's size; a tile compiles once for "
+                     "every image size).", lower_bound=1)
+flags.DEFINE_integer("max_untiled_pixels", predict.DEFAULT_MAX_UNTILED_PIXELS, "Images up to this many pixels take "
+                     "the whole-image pass instead of tiles when it fits the free memory (one compilation per image "
+                     "size; 0: every image is tiled).", lower_bound=0)
 flags.DEFINE_enum("precision", "float32", config.PRECISIONS, "Computation dtype of the convolutions.")
 flags.DEFINE_alias("dtype", "precision")
+common.define_compilation_cache_flag()
 flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS, "Refuse images with more pixels (decompression "
                      "bombs).")
 
@@ -49,6 +51,7 @@ def main(argv: Sequence[str]) -> int:
         raise app.UsageError("give at least one IMAGE_OR_FOLDER")
     if not FLAGS.checkpoint and not FLAGS.trace_checkpoint:
         raise app.UsageError("give --checkpoint (forgery masks), --trace_checkpoint (manipulation maps) or both")
+    common.use_compilation_cache(FLAGS.compilation_cache)
     return predict.predict_folder(FLAGS.checkpoint or None, argv[1:], FLAGS.out, step=FLAGS.step,
                                   precision=FLAGS.precision, tile=FLAGS.tile,
                                   max_untiled_pixels=FLAGS.max_untiled_pixels, npy=FLAGS.npy,

@@ -68,13 +68,13 @@ def test_array_inputs_are_converted_like_files(predictor):
 def tiled_calls(monkeypatch):
     """The tile size of every tiled pass predict makes, in order."""
     calls = []
-    real = tiled.tiled_probabilities
+    real = tiled.canvas_probabilities
 
     def spy(*args, **kwargs):
         calls.append(kwargs["tile"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tiled, "tiled_probabilities", spy)
+    monkeypatch.setattr(tiled, "canvas_probabilities", spy)
     return calls
 
 
@@ -86,10 +86,10 @@ def test_tiling_switches_on_above_the_pixel_limit(ckpt, tiled_calls):
     limited = predict.Predictor(cfg, variables, max_untiled_pixels=70 * 90 - 1)
     assert not limited.is_tiled(60, 90) and limited.is_tiled(70, 90)
     np.testing.assert_allclose(limited.predict(rgb), whole, atol=1e-4)
-    assert calls == [tiled.DEFAULT_TILE]
+    assert calls == [None]  # the tile chosen by the image size
     forced = predict.Predictor(cfg, variables, tile=16)
     np.testing.assert_allclose(forced.predict(rgb), whole, atol=1e-4)
-    assert calls == [tiled.DEFAULT_TILE, 16]
+    assert calls == [None, 16]
     predict.Predictor(cfg, variables, max_untiled_pixels=70 * 90).predict(rgb)
     assert len(calls) == 2  # at the limit: one whole-image pass
 
@@ -105,14 +105,15 @@ def test_whole_image_or_tiled_follows_xla_memory_analysis_against_the_budget(ckp
     small = predict.Predictor(cfg, variables, max_untiled_pixels=10**9, memory_budget_bytes=needed)
     assert small.is_tiled(70, 90)
     np.testing.assert_allclose(small.predict(rgb), whole, atol=1e-4)
-    assert calls == [tiled.DEFAULT_TILE]
-    roomy = predict.Predictor(cfg, variables, memory_budget_bytes=4 * needed)
+    assert calls == [None]  # the tile chosen by the image size
+    roomy = predict.Predictor(cfg, variables, max_untiled_pixels=10**9, memory_budget_bytes=4 * needed)
     assert not roomy.is_tiled(70, 90)
     np.testing.assert_array_equal(roomy.predict(rgb), whole)
     assert len(calls) == 1
     # Without a budget given, the device's free memory decides (faked small here).
     monkeypatch.setattr(tiled, "available_memory_bytes", lambda device=None: needed // 2)
-    assert predict.Predictor(cfg, variables).is_tiled(70, 90)
+    assert predict.Predictor(cfg, variables, max_untiled_pixels=10**9).is_tiled(70, 90)
+    assert predict.Predictor(cfg, variables, memory_budget_bytes=4 * needed).is_tiled(70, 90)  # by default: tiles
 
 
 def test_available_memory_is_known_on_this_host():
@@ -399,3 +400,49 @@ def test_wrong_kind_checkpoints_are_one_line_errors(folder, ckpt, imc_ckpts, tmp
     assert done.stderr.strip().splitlines() == [
         f"error: cannot use the checkpoint {imc_ckpts / 'L5'}: it is an IMC (manipulation type) checkpoint "
         "(head 'imc'), not a ManTra-Net (forgery mask) checkpoint: give it as --trace_checkpoint"]
+
+
+class _counting_compilations:
+    """Counts the programs XLA compiles inside the block (`.count`)."""
+
+    active = None
+
+    def __enter__(self):
+        self.count = 0
+        _counting_compilations.active = self
+        return self
+
+    def __exit__(self, *exc):
+        _counting_compilations.active = None
+
+
+def _on_duration_event(event, seconds, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration" and _counting_compilations.active is not None:
+        _counting_compilations.active.count += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration_event)
+
+
+def test_a_folder_of_distinct_sizes_compiles_a_bounded_number_of_programs(ckpt, tmp_path):
+    """Every image size shares the tiled pass's programs: after the first image, further sizes
+    (odd ones, thin ones, several tiles) compile nothing, and their maps are the whole-image ones."""
+    cfg, variables = checkpoint.load_model(ckpt)
+    small = predict.Predictor(cfg, variables, tile=24)
+    with _counting_compilations() as first:
+        small.predict(_photo((41, 37), seed=3))
+    assert 1 <= first.count <= 4  # the two passes (and the host's small array conversions)
+    sizes = [(43, 29), (30, 61), (67, 53), (19, 44), (52, 52)]
+    photos = [_photo(size, seed=i) for i, size in enumerate(sizes)]
+    with _counting_compilations() as rest:
+        maps = [small.predict(rgb) for rgb in photos]
+    assert rest.count == 0
+    for rgb, prob in zip(photos, maps):
+        np.testing.assert_allclose(prob, tiled.whole_image_probabilities(variables, rgb, cfg), atol=1e-5, rtol=0)
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    for i, rgb in enumerate(photos):
+        _write(folder / f"{i}.png", rgb[..., ::-1])
+    with _counting_compilations() as run:  # the command's loop, its own Predictor (default tile)
+        assert predict.predict_folder(ckpt, [str(folder)], tmp_path / "out") == 0
+    assert run.count <= 4

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from mantra_jax.nn import config, ladn, model, tiled
+from mantra_jax.nn import config, ladn, layers, model, tiled
 
 TINY = config.make_config(width_scale=0.125)
 
@@ -145,3 +145,49 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="imc"):
         tiled.tiled_probabilities(model.init(jax.random.key(0), imc), np.zeros((8, 8, 3), np.uint8), imc)
 
+
+
+@pytest.mark.parametrize("length,tile,halo", [(1, 4, 0), (10, 4, 0), (100, 24, 33), (100, 16, 14), (91, 30, 5),
+                                              (83, 16, 33), (7, 1, 2), (64, 64, 0), (76, 16, 30)])
+def test_canvas_segments_partition_the_axis_into_crops_that_fit_the_canvas(length, tile, halo):
+    segments = tiled.canvas_segments(length, tile, halo)
+    assert segments[0].start == 0 and segments[-1].stop == length
+    for a, b in zip(segments, segments[1:]):
+        assert a.stop == b.start  # interiors partition the axis
+    for s in segments:
+        assert 0 <= s.crop_start <= s.start < s.stop <= s.crop_stop <= length
+        assert s.crop_stop - s.crop_start <= tile + 2 * halo  # fits the canvas
+        # each crop edge is an image border or a full halo away from the interior
+        assert s.crop_start == 0 or s.start - s.crop_start >= halo
+        assert s.crop_stop == length or s.crop_stop - s.stop >= halo
+
+
+@pytest.mark.parametrize(
+    "anomaly,windows,use_global,shapes,tile",
+    [
+        ("tac", (7, 15, 31), True, [(100, 131), (37, 61), (17, 90)], 32),  # several tiles, one, a thin one
+        ("zf", (7,), True, [(45, 53)], 16),
+        ("fac", (7, 15), True, [(45, 53)], 16),
+        ("df", (7, 15), True, [(45, 53)], 16),
+        ("tac", (7, 15), False, [(45, 53)], 16),
+    ],
+)
+def test_canvas_pass_equals_whole_image_at_odd_sizes(anomaly, windows, use_global, shapes, tile):
+    cfg = TINY.replace(anomaly=anomaly, windows=windows, use_global=use_global)
+    variables = jax.device_put(model.init(jax.random.key(1), cfg))
+    for shape in shapes:
+        rgb = _image(*shape, seed=sum(shape))
+        whole = tiled.whole_image_probabilities(variables, rgb, cfg)
+        got = tiled.canvas_probabilities(variables, rgb, cfg, tile=tile)
+        assert got.shape == shape and got.dtype == np.float32 and whole.std() > 1e-3
+        np.testing.assert_allclose(got, whole, atol=1e-5, rtol=0)
+
+
+def test_reflect_beyond_is_symmetric_padding_at_the_extent():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 9, 11, 2)).astype(np.float32)
+    canvas = np.full((1, 14, 15, 2), np.nan, np.float32)
+    canvas[:, :9, :11] = image
+    out = np.asarray(layers.reflect_beyond(jax.numpy.asarray(canvas), (9, 11), 3))
+    padded = np.pad(image, ((0, 0), (0, 3), (0, 3), (0, 0)), mode="symmetric")
+    np.testing.assert_array_equal(out[:, :12, :14], padded)

@@ -118,13 +118,12 @@ def test_trace_image_legend_and_summary(tmp_path):
         csv.DictWriter(f, fieldnames=trace.TRACE_SUMMARY_FIELDS).writerows([row])
 
 
-@pytest.mark.parametrize("tile,feature_budget", [(None, None), (8, None), (8, 0)])  # 0: pass 2 recomputes Featex
-def test_mask_and_trace_share_featex_and_equal_the_separate_runs(imc_variables, tile, feature_budget):
+@pytest.mark.parametrize("tile", [None, 8])
+def test_mask_and_trace_share_featex_and_equal_the_separate_runs(imc_variables, tile):
     mask_variables = random_variables(MASK, 2)
     mask_variables["params"]["Featex"] = imc_variables["params"]["Featex"]  # a half-freeze model
     rgb = _image(48, 40, seed=2)
-    budget = {} if feature_budget is None else {"feature_budget_bytes": feature_budget}
-    predictor = predict.Predictor(MASK, mask_variables, tile=tile, **budget)
+    predictor = predict.Predictor(MASK, mask_variables, tile=tile)
     tracer = trace.Tracer(IMC, imc_variables, level=1, tile=tile)
     both = trace.MaskAndTrace(predictor, tracer)
     assert both.shared

@@ -17,7 +17,7 @@ writes for each image OUTDIR/<output>_mask.png (round(255 p), 8-bit grey), OUTDI
 (a JET heat map blended over the photo), with --npy OUTDIR/<output>.npy (float32 H x W), and one row
 of OUTDIR/summary.csv: file, output (the name of its outputs: the stem, with "-2", "-3", ...
 appended when inputs share a stem), height, width, score (the mean likelihood, the paper's image
-score), seconds (reading and predicting; the first image of each new size includes compilation),
+score), seconds (reading and predicting; the first image of each tile size includes compilation),
 note (e.g. that an animated GIF or a multi-page TIFF was read as its first frame). Folders are
 searched recursively; files inside OUTDIR are never inputs (earlier outputs), and a run whose
 images all lie there says so. A file that cannot be read or predicted (or a symbolic link loop) is
@@ -38,10 +38,14 @@ OUTDIR/index.html (mantra_jax/metrics/pages.py) shows one row per image (photo, 
 trace map, score, dominant class) and the skipped files with their reasons; it is rewritten
 every PAGE_INTERVAL_S seconds while the run goes on (reloading itself in a browser) and at the end.
 
-An image takes the whole-image pass when it has at most `max_untiled_pixels` pixels and XLA's
-memory analysis of that pass fits the free memory of the device (mantra_jax.nn.tiled.
-whole_image_program); otherwise it is processed tile by tile, which gives the same map in bounded
-memory. `tile` forces tiling at a given tile size.
+Every image is processed in tiles on canvases of one size (mantra_jax.nn.tiled.
+canvas_probabilities): the same map as the whole-image pass, from two programs compiled once per
+model, tile and precision, whatever the image sizes, so that a folder of many sizes costs its
+pixels, not one compilation per size; memory is bounded by the tile. `tile` sets the tiles'
+interior size (default: one of tiled.TILE_CHOICES by the image's size, tiled.choose_tile).
+`max_untiled_pixels` above 0 lets images up to that many pixels take the whole-image pass
+instead, compiled for each new size, when XLA's memory analysis of it fits the free memory of
+the device (tiled.whole_image_program).
 """
 from __future__ import annotations
 
@@ -68,12 +72,11 @@ from mantra_jax.metrics import pages
 from mantra_jax.nn import featex, model, tiled
 from mantra_jax.nn.config import ModelConfig
 
-# Measured with the released model on CPU (benchmarks/tiled_memory.py): the whole-image pass
-# peaks at about 5.2 KB per pixel (11.3 GB RSS at 2.1 megapixels; XLA asks for 38.5 GB at 12),
-# while the tiled pass costs ~11 % more Featex work at the default 512-pixel tiles and a few GB.
-# Above 2 megapixels, tiling wins. Below, an image is still tiled when the whole-image program
-# would not fit the device's free memory.
-DEFAULT_MAX_UNTILED_PIXELS = 2_000_000
+# 0: every image takes the fixed-shape tiled pass. The whole-image pass compiles the network for
+# each new image size (about four times the arithmetic of a 120,000-pixel image for the 1/8-width
+# model on a 2-core CPU: benchmarks/README.md, compile_cost.py) and peaks at about 5.2 KB per pixel
+# for the released model (benchmarks/tiled_memory.py).
+DEFAULT_MAX_UNTILED_PIXELS = 0
 OVERLAY_ALPHA = 0.5
 SUMMARY_FIELDS = ("file", "output", "height", "width", "score", "seconds", "note")
 PAGE_INTERVAL_S = 10.0  # index.html is rewritten at most this often during a run (and at the end)
@@ -93,8 +96,8 @@ def featex_features(featex_params, rgb_HxWx3, cfg, dtype, pooled):
 
 
 class Predictor:
-    """A ManTra-Net model ready for inference: parameters on the device, compiled once per image
-    size (jax.jit caches one executable per shape)."""
+    """A ManTra-Net model ready for inference: parameters on the device, its programs compiled
+    once for every image size (fixed-shape tiles, see the module docstring)."""
 
     def __init__(
         self,
@@ -104,16 +107,16 @@ class Predictor:
         dtype="float32",
         tile: Optional[int] = None,
         max_untiled_pixels: int = DEFAULT_MAX_UNTILED_PIXELS,
-        feature_budget_bytes: int = tiled.DEFAULT_FEATURE_BUDGET_BYTES,
         memory_budget_bytes: Optional[int] = None,
         features_only: bool = False,
     ):
         """`dtype`: the convolutions' computation dtype ("float32" or "bfloat16").
-        `tile`: None tiles the images above `max_untiled_pixels` and those whose whole-image
-        program would not fit `memory_budget_bytes` (None: the device's free memory when the
-        image comes) by XLA's memory analysis, at tiled.DEFAULT_TILE pixels; a number tiles
-        every image at that interior size. `features_only`: accept any head (an IMC model too)
-        for `features`; the probability methods still need a ManTra-Net model."""
+        `tile`: the tiles' interior size (None: tiled.choose_tile's by the image's size); with a
+        `tile` given every image is tiled. `max_untiled_pixels` > 0: images up to that many
+        pixels whose whole-image program fits `memory_budget_bytes` (None: the device's free
+        memory when the image comes) by XLA's memory analysis take the whole-image pass (one
+        compilation per image size). `features_only`: accept any head (an IMC model too) for
+        `features`; the probability methods still need a ManTra-Net model."""
         self.cfg = cfg
         if not features_only:
             self._check_localiser()
@@ -128,7 +131,6 @@ class Predictor:
             raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
         self.tile = None if tile is None else int(tile)
         self.max_untiled_pixels = int(max_untiled_pixels)
-        self.feature_budget_bytes = int(feature_budget_bytes)
         self.memory_budget_bytes = None if memory_budget_bytes is None else int(memory_budget_bytes)
         self._whole_programs: dict = {}  # (height, width) -> compiled whole-image program, or None: tiled
         self.provenance: Optional[dict] = None  # set by from_checkpoint: the step read and why
@@ -176,10 +178,7 @@ class Predictor:
         program = self._whole_program(height, width)
         if program is not None:
             return np.asarray(program(self.variables, rgb))
-        return tiled.tiled_probabilities(
-            self.variables, rgb, self.cfg, tile=self.tile or tiled.DEFAULT_TILE, dtype=self.dtype,
-            feature_budget_bytes=self.feature_budget_bytes,
-        )
+        return tiled.canvas_probabilities(self.variables, rgb, self.cfg, tile=self.tile, dtype=self.dtype)
 
     def predict_batch(self, rgb_NxHxWx3, *, batch_size: Optional[int] = None) -> np.ndarray:
         """Probabilities (float32 N x H x W) of N equal-sized uint8 RGB images, in whole-image

@@ -23,9 +23,10 @@ the map's class at level k is the most probable level-k node, not the ancestor o
 probable fine class. A level finer than the checkpoint's cannot be made.
 
 Tiling. The map at a pixel depends on the input within `featex.receptive_radius(cfg) + 1` pixels
-(the head adds one), so tiles cut with that halo by `tiled.axis_segments` (the mask's tiling rule)
-give the whole-image map (the same classes, probabilities to float32 rounding, as for the mask),
-in memory bounded by the tile size. With a mask model whose
+(the head adds one), so tiles cut with that halo by `tiled.canvas_segments` (the mask's tiling
+rule) give the whole-image map (the same classes, probabilities to float32 rounding, as for the mask),
+in memory bounded by the tile size, on canvases of one size (`tiled.canvas_probabilities`), so
+that every image size shares one compilation. With a mask model whose
 Featex is the IMC checkpoint's (the half-freeze of Table 7), `MaskAndTrace` runs Featex once for
 both outputs, whole-image or tiled (`tiled.FeatureHead`).
 
@@ -64,6 +65,10 @@ SUMMARY_MAX_OTHERS = 5
 TRACE_SUMMARY_FIELDS = ("trace_level", "trace_dominant", "trace_dominant_share", "trace_others",
                         "trace_below_threshold")
 HEAD_RADIUS = 1  # the 3x3 IMC head
+# The most per-pixel class logits one tile may hold (float32: 160 MB per array of them): the IMC
+# head's logits and probabilities on DEFAULT_TILE's canvas, at 380 classes, would take 450 MB
+# each, and a 1-megapixel mask + trace more than 1.5 GB.
+MAX_TILE_LOGITS = 40_000_000
 
 
 class TraceMap(NamedTuple):
@@ -105,10 +110,11 @@ def head_variables(variables: dict, from_level: int, to_level: int) -> dict:
     return out
 
 
-def trace_from_features(head_vars: dict, feat_1xHxWxC):
+def trace_from_features(head_vars: dict, feat_1xHxWxC, extent=None):
     """float32 H x W x 2: [..., 0] the argmax class (exact as a float up to 2^24 classes), [..., 1]
-    its probability, of the softmax of the per-pixel IMC logits, mapped to the target level."""
-    logits = featex.imc_head(head_vars["imc"], feat_1xHxWxC).astype(jnp.float32)[0]
+    its probability, of the softmax of the per-pixel IMC logits, mapped to the target level.
+    `extent`: the image's part of a canvas (featex.apply)."""
+    logits = featex.imc_head(head_vars["imc"], feat_1xHxWxC, extent).astype(jnp.float32)[0]
     probs = jax.nn.softmax(logits, axis=-1)
     if "to_level" in head_vars:  # sums of children (taxonomy.map_prediction), not rounded to bfloat16
         probs = jnp.matmul(probs, head_vars["to_level"], precision=jax.lax.Precision.HIGHEST)
@@ -140,30 +146,54 @@ def whole_image_mask_and_trace(variables, head_vars, rgb_HxWx3, cfg, dtype):
     return jax.nn.sigmoid(logits.astype(jnp.float32)[0]), trace_from_features(head_vars, feat)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "dtype", "size"))
-def _trace_tile(featex_params, head_vars, rgb_HxWx3, start, *, cfg, dtype, size):
-    crop = jax.lax.dynamic_slice(rgb_HxWx3, (start[0], start[1], 0), size + (3,))
-    return whole_image_trace(featex_params, head_vars, crop, cfg, dtype)
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
+def _trace_canvas(featex_params, head_vars, rgb_SxSx3, extent, *, cfg, dtype):
+    """`whole_image_trace` of the image crop in the top-left `extent` of a canvas (tiled.
+    canvas_probabilities): one compilation for every crop of every image size."""
+    feat = featex.apply(featex_params, model.preprocess(rgb_SxSx3)[None].astype(dtype), cfg, extent=extent)
+    return trace_from_features(head_vars, feat, extent)
 
 
-def tiled_trace(featex_params, head_vars, rgb_HxWx3, cfg: ModelConfig, *, tile: int = tiled.DEFAULT_TILE,
+def tiled_trace(featex_params, head_vars, rgb_HxWx3, cfg: ModelConfig, *, tile: Optional[int] = None,
                 dtype=jnp.float32, halo: Optional[int] = None) -> np.ndarray:
-    """`whole_image_trace` tile by tile: every crop has the halo featex.receptive_radius + 1
-    (`halo` overrides it, to show that less breaks the equality) and one shape (one compilation)."""
+    """`whole_image_trace` tile by tile on canvases of one size (tiled.canvas_segments): every
+    crop has the halo featex.receptive_radius + 1 (`halo` overrides it, to show that less breaks
+    the equality); one compilation for every image size. `tile` None: `trace_tile`'s. Images
+    with a side below tiled.MIN_CANVAS_SIDE take the whole-image pass."""
     rgb = np.asarray(rgb_HxWx3)
     height, width = rgb.shape[:2]
+    dtype = jnp.dtype(dtype)
+    if min(height, width) < tiled.MIN_CANVAS_SIDE:
+        return np.asarray(whole_image_trace(featex_params, head_vars, rgb, cfg, dtype))
     halo = featex.receptive_radius(cfg) + HEAD_RADIUS if halo is None else halo
-    device_rgb = jax.device_put(rgb)  # once: every crop is cut on the device
+    tile = trace_tile(height, width, cfg, _classes(head_vars)) if tile is None else tile
+    side = tile + 2 * halo + max(cfg.first_kernel // 2, HEAD_RADIUS)  # room to mirror the borders
+    canvas = np.zeros((side, side, 3), np.uint8)
     out = np.empty((height, width, 2), np.float32)
-    for r in tiled.axis_segments(height, tile, halo):
-        for c in tiled.axis_segments(width, tile, halo):
-            size = (r.crop_stop - r.crop_start, c.crop_stop - c.crop_start)
-            crop_out = np.asarray(_trace_tile(featex_params, head_vars, device_rgb,
-                                              np.asarray((r.crop_start, c.crop_start), np.int32),
-                                              cfg=cfg, dtype=jnp.dtype(dtype), size=size))
+    for r in tiled.canvas_segments(height, tile, halo):
+        for c in tiled.canvas_segments(width, tile, halo):
+            h, w = r.crop_stop - r.crop_start, c.crop_stop - c.crop_start
+            canvas[:h, :w] = rgb[r.crop_start:r.crop_stop, c.crop_start:c.crop_stop]
+            crop_out = np.asarray(_trace_canvas(featex_params, head_vars, canvas, np.asarray((h, w), np.int32),
+                                                cfg=cfg, dtype=dtype))
             out[r.start : r.stop, c.start : c.stop] = crop_out[r.start - r.crop_start : r.stop - r.crop_start,
                                                                c.start - c.crop_start : c.stop - c.crop_start]
     return out
+
+
+def trace_tile(height: int, width: int, cfg: ModelConfig, classes: int) -> int:
+    """The tile of tiled.choose_tile, or the largest smaller one of tiled.TILE_CHOICES whose canvas
+    holds at most MAX_TILE_LOGITS logits of `classes` classes."""
+    tile = tiled.choose_tile(height, width, cfg, HEAD_RADIUS)
+    halo = featex.receptive_radius(cfg) + HEAD_RADIUS
+    for smaller in tiled.TILE_CHOICES:
+        if smaller <= tile and (smaller + 2 * halo) ** 2 * classes <= MAX_TILE_LOGITS:
+            return smaller
+    return tiled.TILE_CHOICES[-1]
+
+
+def _classes(head_vars) -> int:
+    return int(head_vars["imc"]["kernel"].shape[-1])
 
 
 def _fits(compiled, budget_bytes: Optional[int]) -> bool:
@@ -174,8 +204,8 @@ def _fits(compiled, budget_bytes: Optional[int]) -> bool:
 
 
 class Tracer:
-    """An IMC model ready to trace images at one level: parameters on the device, one compiled
-    program per image size, tiles above the same limits as `predict.Predictor`."""
+    """An IMC model ready to trace images at one level: parameters on the device, tiled on
+    canvases of one size (one compilation for every image size) as `predict.Predictor` tiles."""
 
     def __init__(self, cfg: ModelConfig, variables: dict, *, level=DEFAULT_LEVEL, dtype="float32",
                  tile: Optional[int] = None, max_untiled_pixels: int = predict.DEFAULT_MAX_UNTILED_PIXELS,
@@ -223,7 +253,7 @@ class Tracer:
         featex_params = self.variables["params"]["Featex"]
         if program is not None:
             return _to_trace(program(featex_params, self.head_vars, rgb), self.level)
-        return _to_trace(tiled_trace(featex_params, self.head_vars, rgb, self.cfg, tile=self.tile or tiled.DEFAULT_TILE,
+        return _to_trace(tiled_trace(featex_params, self.head_vars, rgb, self.cfg, tile=self.tile,
                                      dtype=self.dtype), self.level)
 
 
@@ -272,8 +302,8 @@ class MaskAndTrace:
             prob, out = program(p.variables, self.tracer.head_vars, rgb)
             return np.asarray(prob), _to_trace(out, level)
         head = tiled.FeatureHead(trace_from_features, self.tracer.head_vars, 2, HEAD_RADIUS)
-        prob, out = tiled.tiled_probabilities(p.variables, rgb, p.cfg, tile=p.tile or tiled.DEFAULT_TILE, dtype=p.dtype,
-                                              feature_budget_bytes=p.feature_budget_bytes, feature_head=head)
+        tile = p.tile or trace_tile(*rgb.shape[:2], p.cfg, _classes(self.tracer.head_vars))
+        prob, out = tiled.canvas_probabilities(p.variables, rgb, p.cfg, tile=tile, dtype=p.dtype, feature_head=head)
         return prob, _to_trace(out, level)
 
 

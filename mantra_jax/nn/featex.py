@@ -53,15 +53,26 @@ def first_layer_kernel(params: dict, cfg: ModelConfig):
     return jnp.concatenate(parts, axis=-1)
 
 
-def apply(params: dict, x_NxHxWx3, cfg: ModelConfig):
-    """Featex: [-1, 1] RGB -> per-pixel L2-normalised features (N, H, W, feature_dim)."""
-    x = layers.symmetric_conv(x_NxHxWx3, first_layer_kernel(params, cfg), activation="relu")
+def apply(params: dict, x_NxHxWx3, cfg: ModelConfig, extent=None):
+    """Featex: [-1, 1] RGB -> per-pixel L2-normalised features (N, H, W, feature_dim).
+
+    With an `extent` (h, w) (traced), x is a canvas whose image fills that top-left part, with at
+    least first_kernel // 2 spare rows and columns: each layer mirrors the image's bottom and
+    right borders into the canvas first (layers.reflect_beyond), so that the image's features are
+    those of the image alone; outside it they are meaningless."""
+
+    def conv(x, kernel, bias, activation):
+        if extent is not None:
+            x = layers.reflect_beyond(x, extent, kernel.shape[0] // 2)
+        return layers.symmetric_conv(x, kernel, bias, activation=activation)
+
+    x = conv(x_NxHxWx3, first_layer_kernel(params, cfg), None, "relu")
     for name, c_in, c_out in layer_names(cfg):
         p = params[name]
         if name == "transform":
-            x = layers.symmetric_conv(x, p["kernel"], p["bias"], activation=cfg.transform_activation)
+            x = conv(x, p["kernel"], p["bias"], cfg.transform_activation)
         else:
-            y = layers.symmetric_conv(x, p["kernel"], p["bias"], activation="relu")
+            y = conv(x, p["kernel"], p["bias"], "relu")
             x = x + y if (cfg.residual and c_in == c_out) else y
     return layers.l2_normalize(x)
 
@@ -73,8 +84,11 @@ def init_imc_head(rng, cfg: ModelConfig) -> dict:
     }
 
 
-def imc_head(params: dict, feat_NxHxWxC):
-    """The IMC decision block: a 3x3 conv to the class count (a class map, the paper's Fig. 3b)."""
+def imc_head(params: dict, feat_NxHxWxC, extent=None):
+    """The IMC decision block: a 3x3 conv to the class count (a class map, the paper's Fig. 3b);
+    `extent` as for `apply`."""
+    if extent is not None:
+        feat_NxHxWxC = layers.reflect_beyond(feat_NxHxWxC, extent, params["kernel"].shape[0] // 2)
     return layers.symmetric_conv(feat_NxHxWxC, params["kernel"], params["bias"])
 
 

@@ -65,16 +65,18 @@ def global_moments(y_NxHxWxC):
     return mean, jnp.sqrt(var)
 
 
-def anomaly_features(params, y_NxHxWxC, global_mean, global_std, cfg: ModelConfig):
+def anomaly_features(params, y_NxHxWxC, global_mean, global_std, cfg: ModelConfig, extent=None):
     """The time-axis anomaly features (N, T, H, W, C) fed to the ConvLSTM.
 
     `global_mean`/`global_std` are the image-wide moments of `y` (N, 1, 1, C), passed in so that a
-    tile can be scored against the whole image.
+    tile can be scored against the whole image. `extent` (h, w): y is a canvas whose image fills
+    that top-left part (layers.window_deviations).
     """
     sigma = jnp.maximum(global_std, 1e-6 + params["glbStd"]["min_std"])
     if cfg.anomaly == "zf":
         return jnp.abs((global_mean - y_NxHxWxC) / sigma)[:, None]
-    dev = layers.window_deviations(y_NxHxWxC, cfg.windows, global_mean if cfg.use_global else None)
+    dev = layers.window_deviations(y_NxHxWxC, cfg.windows, global_mean if cfg.use_global else None,
+                                   extent)
     if cfg.anomaly == "df":
         return dev
     z = jnp.abs(dev / sigma[:, None])
@@ -84,14 +86,16 @@ def anomaly_features(params, y_NxHxWxC, global_mean, global_std, cfg: ModelConfi
     return z
 
 
-def decide(params, z_NxTxHxWxC, dtype=jnp.float32):
+def decide(params, z_NxTxHxWxC, dtype=jnp.float32, inside=None):
     """ConvLSTM over the time axis, then the 7x7 prediction: pre-sigmoid float32 logits (N, H, W).
 
     The convolutions run in `dtype`, the model's computation dtype (the anomaly features before
     them and the ConvLSTM's gates and states are float32): in float32 the ConvLSTM's input
     convolution alone would cost a bfloat16 model about a fifth of its accelerator time.
+    `inside` (booleans (1, H, W, 1)): the image's part of a canvas (layers.convlstm), outside
+    which the logits are meaningless.
     """
-    h = layers.convlstm(params["cLSTM"], z_NxTxHxWxC.astype(dtype))
+    h = layers.convlstm(params["cLSTM"], z_NxTxHxWxC.astype(dtype), inside)
     pred = layers.conv(h.astype(dtype), params["pred"]["kernel"], params["pred"]["bias"], padding="SAME")
     return jnp.squeeze(pred, axis=-1).astype(jnp.float32)
 

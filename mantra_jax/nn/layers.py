@@ -98,6 +98,30 @@ def symmetric_pad(x_NxHxWxC, radius: int):
     return jnp.pad(x_NxHxWxC, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="symmetric")
 
 
+def reflect_beyond(x_NxHxWxC, extent, radius: int):
+    """A canvas whose image fills its top-left `extent` (h, w) (traced int32 scalars), with rows
+    [h, h + radius) and then columns [w, w + radius) overwritten by the mirror of the `radius`
+    rows and columns before them: what symmetric padding reads at the image's own bottom and
+    right borders. A symmetric convolution of the result equals, on the image, the convolution
+    of the image alone, so that one compiled program serves every image size up to the canvas
+    (mantra_jax/nn/tiled.py). The canvas must have `radius` spare rows and columns beyond the
+    extent, and the extent at least `radius` of each."""
+    if radius == 0:
+        return x_NxHxWxC
+    height, width = extent
+    rows = jnp.flip(jax.lax.dynamic_slice_in_dim(x_NxHxWxC, height - radius, radius, axis=1), axis=1)
+    x = jax.lax.dynamic_update_slice_in_dim(x_NxHxWxC, rows, height, axis=1)
+    cols = jnp.flip(jax.lax.dynamic_slice_in_dim(x, width - radius, radius, axis=2), axis=2)
+    return jax.lax.dynamic_update_slice_in_dim(x, cols, width, axis=2)
+
+
+def extent_mask(shape, extent):
+    """(1, H, W, 1) booleans of an (H, W) canvas: True inside the image of `extent` (h, w)."""
+    rows = jnp.arange(shape[0]) < extent[0]
+    cols = jnp.arange(shape[1]) < extent[1]
+    return (rows[:, None] & cols[None, :])[None, :, :, None]
+
+
 ACTIVATIONS = {None: lambda y: y, "relu": jax.nn.relu, "tanh": jnp.tanh}
 
 
@@ -253,20 +277,23 @@ def _clipped_ends(prefix, axis: int, radius: int):
     return upper, jnp.pad(lower, pad)
 
 
-def _window_means(integral, k: int):
-    """Centred k x k means over in-image pixels from an integral image: four corners per pixel."""
+def _window_means(integral, k: int, extent=None):
+    """Centred k x k means over in-image pixels from an integral image: four corners per pixel.
+    With an `extent` (h, w), the image fills that top-left part of the canvas (whose values
+    outside it are zero) and only its pixels are counted; outside it the means are meaningless."""
     r = k // 2
     rows_hi, rows_lo = _clipped_ends(integral, 1, r)
     sums = [_clipped_ends(rows, 2, r) for rows in (rows_hi, rows_lo)]
     total = (sums[0][0] - sums[0][1]) - (sums[1][0] - sums[1][1])
     counts = []  # in-image pixels per window, exact integers (jnp, not np: symbolic shapes export)
-    for n in integral.shape[1:3]:
+    for axis, n in enumerate(integral.shape[1:3]):
         i = jnp.arange(n - 1)
-        counts.append(jnp.minimum(i + r, n - 2) + 1 - jnp.maximum(i - r, 0))
+        last = n - 2 if extent is None else extent[axis] - 1
+        counts.append(jnp.maximum(jnp.minimum(i + r, last) + 1 - jnp.maximum(i - r, 0), 1))
     return total / (counts[0][:, None] * counts[1][None, :]).astype(jnp.float32)[None, :, :, None]
 
 
-def window_deviations(x_NxHxWxC, windows, global_mean=None):
+def window_deviations(x_NxHxWxC, windows, global_mean=None, extent=None):
     """avg_k(x) - x for each window k, then global_mean - x if given: (N, T, H, W, C) in that order.
 
     avg_k is the centred k x k mean over in-image pixels only (average pooling, stride 1, SAME,
@@ -275,13 +302,25 @@ def window_deviations(x_NxHxWxC, windows, global_mean=None):
     whole image. All windows share one integral image (O(1) per pixel whatever k;
     `lax.reduce_window` compiles very slowly for large windows) of x centred on that mean: the
     deviations do not depend on the centre, the small prefix sums keep float32 exact, and an
-    accelerator computes every deviation in one pass over it.
+    accelerator computes every deviation in one pass over it. With an `extent` (h, w), x is a
+    canvas whose image fills that top-left part (reflect_beyond): windows count the image's
+    pixels only, as on the image alone; outside it the deviations are meaningless (finite).
     """
     x = x_NxHxWxC.astype(jnp.float32)
-    centre = global_mean if global_mean is not None else jnp.mean(x, axis=(1, 2), keepdims=True)
+    if extent is not None:
+        inside = extent_mask(x.shape[1:3], extent)
+        x = jnp.where(inside, x, 0.0)
+    if global_mean is not None:
+        centre = global_mean
+    elif extent is None:
+        centre = jnp.mean(x, axis=(1, 2), keepdims=True)
+    else:
+        centre = jnp.sum(x, axis=(1, 2), keepdims=True) / (extent[0] * extent[1]).astype(jnp.float32)
     centred = x - centre
+    if extent is not None:
+        centred = jnp.where(inside, centred, 0.0)
     integral = _integral_image(centred)
-    devs = [_window_means(integral, k) - centred for k in windows]
+    devs = [_window_means(integral, k, extent) - centred for k in windows]
     if global_mean is not None:
         devs.append(-centred)
     return jnp.stack(devs, axis=1)
@@ -295,20 +334,26 @@ def hard_sigmoid(x):
     return jnp.clip(0.2 * x + 0.5, 0.0, 1.0)
 
 
-def convlstm_cell(recurrent_kernel, carry, xz_t):
+def convlstm_cell(recurrent_kernel, carry, xz_t, inside=None):
     """One ConvLSTM step. `xz_t` is the input convolution (with bias) of x_t, precomputed for every
-    step at once; gates are 4 blocks of F channels in the order i, f, c, o."""
+    step at once; gates are 4 blocks of F channels in the order i, f, c, o. `inside` (booleans
+    (1, H, W, 1)): the image's part of a canvas; the hidden state is zero outside it, as the
+    recurrent convolution's zero padding sees it at the image's border."""
     h, c = carry
     z = xz_t.astype(jnp.float32) + conv(h.astype(xz_t.dtype), recurrent_kernel, padding="SAME").astype(jnp.float32)
     z_i, z_f, z_c, z_o = jnp.split(z, 4, axis=-1)
     i, f, o = hard_sigmoid(z_i), hard_sigmoid(z_f), hard_sigmoid(z_o)
     c = f * c + i * jnp.tanh(z_c)
     h = o * jnp.tanh(c)
+    if inside is not None:
+        h = jnp.where(inside, h, 0.0)
     return (h, c), h
 
 
-def convlstm(params, x_NxTxHxWxC):
-    """ConvLSTM over the time axis, returning the last hidden state (N, H, W, F), float32.
+def convlstm(params, x_NxTxHxWxC, inside=None):
+    """ConvLSTM over the time axis, returning the last hidden state (N, H, W, F), float32. With
+    `inside` (booleans (1, H, W, 1), see `convlstm_cell`) the image fills that part of a canvas:
+    the input is zero outside it, the hidden state too (the zero padding of the image alone).
 
     The convolutions run in the input's dtype; the gates and the cell and hidden states are
     float32 whatever it is.
@@ -317,6 +362,8 @@ def convlstm(params, x_NxTxHxWxC):
     loop makes the backward convolutions take a much slower path on CPU.
     """
     n, t, h, w, c = x_NxTxHxWxC.shape
+    if inside is not None:
+        x_NxTxHxWxC = jnp.where(inside[:, None], x_NxTxHxWxC, jnp.zeros((), x_NxTxHxWxC.dtype))
     kernel = params["kernel"]
     f = kernel.shape[-1] // 4
     # The input convolution does not depend on the carry: one batched convolution for all steps.
@@ -326,6 +373,6 @@ def convlstm(params, x_NxTxHxWxC):
     # (Slices, not xz[0, ..., :f]: basic indexing is a gather on symbolic shapes, see jax.export.)
     zero = jnp.zeros_like(jax.lax.index_in_dim(jax.lax.slice_in_dim(xz, 0, f, axis=4), 0, keepdims=False),
                           dtype=jnp.float32)
-    cell = functools.partial(convlstm_cell, params["recurrent_kernel"])
+    cell = functools.partial(convlstm_cell, params["recurrent_kernel"], inside=inside)
     (h_last, _), _ = jax.lax.scan(cell, (zero, zero), xz, unroll=True)
     return h_last

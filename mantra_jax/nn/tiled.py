@@ -30,6 +30,14 @@ the Featex cost. The image is uploaded once and cropped on the device, so the on
 tile are a few offsets up and a 2 x adapt_dim vector (pass 1) or the crop's probabilities
 (pass 2) down: an accelerator is not held up by host copies or host arithmetic.
 
+The fixed-shape tiled pass (`canvas_probabilities`, what inference uses) computes the same two
+passes on canvases of one size per tile size: each crop fills the top-left part of the canvas (its
+`extent`), Featex mirrors the crop's bottom and right edges into the canvas before every layer
+(layers.reflect_beyond) and the LADN's window means and ConvLSTM count and see only the crop,
+so that a crop edge at an image border is that border exactly as in the whole-image pass. No crop
+needs to be shifted or shortened to a size of its own, so every image, of any size, runs the
+same compiled programs; the adapted features wait between the passes in host memory.
+
 Whether an image may take the whole-image pass is decided by `whole_image_program`: it compiles
 that program for the image's size and compares what XLA's memory analysis says it needs
 (temporaries, arguments and output) with the memory the device has free (an accelerator's
@@ -47,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mantra_jax.nn import featex, ladn, model
+from mantra_jax.nn import featex, ladn, layers, model
 from mantra_jax.nn.config import ModelConfig
 
 DEFAULT_TILE = 512
@@ -197,7 +205,7 @@ class FeatureHead(NamedTuple):
     adaptation layer, so that Featex runs once for both outputs (the IMC class maps of
     mantra_jax/infer/trace.py). Pass 1's halo grows by `radius`, so its map is exact too."""
 
-    fn: Callable  # (variables, feat_1xhxwxC) -> float32 (h, w, channels); hashable: a jit static argument
+    fn: Callable  # (variables, feat_1xhxwxC[, extent]) -> float32 (h, w, channels); hashable: a jit static argument
     variables: Any
     channels: int
     radius: int  # its receptive radius beyond Featex's
@@ -364,3 +372,159 @@ def tiled_probabilities(
         if on_tile is not None:
             on_tile(done, total)
     return out if feature_head is None else (out, np.asarray(head_store))
+
+
+# --------------------------------------------------------------------------------------------
+# The fixed-shape tiled pass: one compilation per model, whatever the image sizes
+# --------------------------------------------------------------------------------------------
+# An image with a side below this takes the whole-image pass at its own size (a compilation of
+# its own): the canvas passes need a few pixels of image on each axis to mirror at its borders.
+MIN_CANVAS_SIDE = 16
+
+
+def canvas_segments(length: int, tile: int, halo: int) -> list[Segment]:
+    """Covers an axis of `length` pixels by crops of at most tile + 2 halo pixels, each placed at
+    the top (left) of a canvas of that size.
+
+    A crop starts at an image border or `halo` pixels before its interior, and ends at an image
+    border or `halo` pixels after it; a crop edge at an image border is that border for the
+    network (the canvas mirrors it, layers.reflect_beyond), so no crop is shifted or shortened
+    to fit and every crop of every image shares the canvas. The first crop's interior is
+    tile + halo pixels (no halo before it), the others' tile, the last one's what is left.
+    """
+    if tile < 1:
+        raise ValueError(f"the tile size must be a positive number of pixels, got {tile}")
+    span = tile + 2 * halo
+    segments, start = [], 0
+    while start < length:
+        crop_start = max(start - halo, 0)
+        stop = length if crop_start + span >= length else crop_start + span - halo
+        segments.append(Segment(start, stop, crop_start, min(stop + halo, length)))
+        start = stop
+    return segments
+
+
+# The tiles `choose_tile` picks from, largest first: DEFAULT_TILE and smaller ones for small
+# images (a 256 x 256 patch on DEFAULT_TILE's canvas would cost 4.5 times its arithmetic).
+TILE_CHOICES = (DEFAULT_TILE, 256, 128)
+
+
+def canvas_pixels(height: int, width: int, cfg: ModelConfig, tile: int, head_radius: int = 0) -> int:
+    """The canvas pixels both passes of `canvas_probabilities` compute for an image: its cost."""
+    halo_featex, halo_ladn = halos(cfg)
+    total = 0
+    for halo, side in zip((halo_featex + head_radius, halo_ladn), canvas_sides(cfg, tile, head_radius)):
+        total += len(canvas_segments(height, tile, halo)) * len(canvas_segments(width, tile, halo)) * side * side
+    return total
+
+
+def choose_tile(height: int, width: int, cfg: ModelConfig, head_radius: int = 0) -> int:
+    """The tile of TILE_CHOICES for an image: a smaller tile only where it halves the canvas
+    pixels of the larger one, so that a folder of similar sizes shares one tile (one pair of
+    compiled programs) and a small image is not computed on a canvas many times its size. At
+    most len(TILE_CHOICES) tiles, and so compilations, for any number of image sizes."""
+    best, best_pixels = TILE_CHOICES[0], canvas_pixels(height, width, cfg, TILE_CHOICES[0], head_radius)
+    for tile in TILE_CHOICES[1:]:
+        pixels = canvas_pixels(height, width, cfg, tile, head_radius)
+        if 2 * pixels <= best_pixels:
+            best, best_pixels = tile, pixels
+    return best
+
+
+def canvas_sides(cfg: ModelConfig, tile: int, head_radius: int = 0) -> tuple[int, int]:
+    """(pass-1 canvas side, pass-2 canvas side) in pixels for `tile`: a crop with its halos, and
+    in pass 1 the rows and columns that Featex mirrors beyond an image's border."""
+    halo_featex, halo_ladn = halos(cfg)
+    margin = max(cfg.first_kernel // 2, 1)
+    return tile + 2 * (halo_featex + head_radius) + margin, tile + 2 * halo_ladn
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype", "head_fn"))
+def canvas_pass1(variables, rgb_SxSx3, extent, interior, head_variables=None, *, cfg, dtype, head_fn=None):
+    """Pass 1 on one canvas: the image crop fills its top-left `extent` (h, w). Returns (adapted
+    features S x S x adapt_dim, the per-channel mean of the `interior` (row0, row1, col0, col1) and
+    its sum of squared deviations from that mean), and with a `head_fn` (FeatureHead.fn, called
+    as fn(variables, features, extent)) its map S x S x channels."""
+    params = variables["params"]
+    x = model.preprocess(rgb_SxSx3)[None].astype(dtype)
+    feat = featex.apply(params["Featex"], x, cfg, extent=extent)
+    y = ladn.adapt(params, variables["batch_stats"], feat, cfg, train=False)[0][0]
+    inside = _interior_mask(y.shape[:2], interior)
+    count = ((interior[1] - interior[0]) * (interior[3] - interior[2])).astype(jnp.float32)
+    mean = jnp.sum(jnp.where(inside, y, 0.0), axis=(0, 1)) / count
+    m2 = jnp.sum(jnp.where(inside, jnp.square(y - mean), 0.0), axis=(0, 1))
+    if head_fn is None:
+        return y, mean, m2
+    return y, mean, m2, head_fn(head_variables, feat, extent)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
+def canvas_pass2(variables, features_SxSxC, extent, mean_C, std_C, *, cfg, dtype):
+    """Pass 2 on one canvas of adapted features (the crop in its top-left `extent`), scored
+    against the image-wide moments: probabilities S x S (meaningless outside the extent)."""
+    params = variables["params"]
+    y = features_SxSxC[None]
+    z = ladn.anomaly_features(params, y, mean_C[None, None, None], std_C[None, None, None], cfg, extent=extent)
+    inside = layers.extent_mask(y.shape[1:3], extent)
+    return jax.nn.sigmoid(ladn.decide(params, z, dtype, inside=inside))[0]
+
+
+def canvas_probabilities(variables, rgb_HxWx3, cfg: ModelConfig, *, tile: Optional[int] = None, dtype=jnp.float32,
+                         feature_head: Optional[FeatureHead] = None):
+    """`tiled_probabilities` on canvases of one size per pass (`canvas_sides`): every image, of
+    any size, runs the same two compiled programs (for a given model, tile, dtype and head), so
+    a folder of many sizes costs its pixels, not one compilation per size. The same map as the
+    whole-image pass up to float32 rounding: the crops and halos of `tiled_probabilities`, with
+    each crop's image borders mirrored inside the canvas (layers.reflect_beyond) and the LADN's
+    windows and ConvLSTM confined to the crop (`extent`). The adapted features wait between the
+    passes in host memory (adapt_dim float32 values per pixel). Images with a side below
+    MIN_CANVAS_SIDE take the whole-image pass instead. `tile`: None chooses one of
+    TILE_CHOICES by the image's size (`choose_tile`)."""
+    _check_cfg(cfg)
+    rgb_HxWx3 = np.asarray(rgb_HxWx3)
+    _check_rgb(rgb_HxWx3)
+    dtype = jnp.dtype(dtype)
+    height, width = rgb_HxWx3.shape[:2]
+    if min(height, width) < MIN_CANVAS_SIDE:
+        prob = whole_image_probabilities(variables, rgb_HxWx3, cfg, dtype=dtype)
+        if feature_head is None:
+            return prob
+        feat = featex.apply(variables["params"]["Featex"], model.preprocess(rgb_HxWx3)[None].astype(dtype), cfg)
+        return prob, np.asarray(feature_head.fn(feature_head.variables, feat, None))
+    halo_featex, halo_ladn = halos(cfg)
+    head_radius = feature_head.radius if feature_head is not None else 0
+    halo_featex += head_radius
+    tile = choose_tile(height, width, cfg, head_radius) if tile is None else tile
+    side1, side2 = canvas_sides(cfg, tile, head_radius)
+    channels = cfg.adapt_dim
+    store = np.empty((height, width, channels), np.float32)
+    head_store = None if feature_head is None else np.empty((height, width, feature_head.channels), np.float32)
+    canvas = np.zeros((side1, side1, 3), np.uint8)
+
+    moments = _MomentAccumulator(channels)
+    for r in canvas_segments(height, tile, halo_featex):
+        for c in canvas_segments(width, tile, halo_featex):
+            h, w = r.crop_stop - r.crop_start, c.crop_stop - c.crop_start
+            canvas[:h, :w] = rgb_HxWx3[r.crop_start:r.crop_stop, c.crop_start:c.crop_stop]
+            inner = (r.start - r.crop_start, r.stop - r.crop_start, c.start - c.crop_start, c.stop - c.crop_start)
+            out = canvas_pass1(variables, canvas, np.asarray((h, w), np.int32), np.asarray(inner, np.int32),
+                               None if feature_head is None else feature_head.variables, cfg=cfg, dtype=dtype,
+                               head_fn=None if feature_head is None else feature_head.fn)
+            rows, cols = slice(inner[0], inner[1]), slice(inner[2], inner[3])
+            store[r.start:r.stop, c.start:c.stop] = np.asarray(out[0])[rows, cols]
+            if feature_head is not None:
+                head_store[r.start:r.stop, c.start:c.stop] = np.asarray(out[3])[rows, cols]
+            moments.merge((r.stop - r.start) * (c.stop - c.start), np.asarray(out[1]), np.asarray(out[2]))
+    mean, std = moments.moments()
+
+    prob = np.empty((height, width), np.float32)
+    features = np.zeros((side2, side2, channels), np.float32)
+    for r in canvas_segments(height, tile, halo_ladn):
+        for c in canvas_segments(width, tile, halo_ladn):
+            h, w = r.crop_stop - r.crop_start, c.crop_stop - c.crop_start
+            features[:h, :w] = store[r.crop_start:r.crop_stop, c.crop_start:c.crop_stop]
+            out = np.asarray(canvas_pass2(variables, features, np.asarray((h, w), np.int32), mean, std, cfg=cfg,
+                                          dtype=dtype))
+            prob[r.start:r.stop, c.start:c.stop] = out[r.start - r.crop_start:r.stop - r.crop_start,
+                                                       c.start - c.crop_start:c.stop - c.crop_start]
+    return prob if feature_head is None else (prob, head_store)
