@@ -44,6 +44,10 @@ RUNS = {
     "e2e_trace_pp_stage2": (["--postprocess=true", "--init=authors", "--imc_checkpoint={e2e_trace_ppfalse}",
                              "--learning_rate=3e-4", "--epochs=2"],
                             "e2e_trace_ppfalse, then 500 steps with whole-image JPEG/resize"),
+    # The anomaly network alone on the IMC model's (frozen) Featex, which the probe shows carries
+    # resampling, noise and blur traces under the network's own statistic.
+    "e2e_trace_half_freeze": (["--postprocess=false", "--init=half_freeze"],
+                              "trace synthesis, the IMC model's Featex frozen"),
 }
 BASELINE = "noise_baseline"
 IMAGE_SCORES = ("mean", "max", "p99_blur", "top1pct_mean")
