@@ -29,7 +29,8 @@ flags.DEFINE_integer("trace_level", trace.DEFAULT_LEVEL, "Taxonomy level of the 
                      "chooses its step too.", lower_bound=0, upper_bound=5)
 flags.DEFINE_float("trace_threshold", trace.DEFAULT_THRESHOLD, "Pixels whose top class probability is below this "
                    "are drawn grey in the manipulation maps.", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_string("out", None, "Output folder (created).", required=True)
+common.define_out_flags("Output folder (created).")
+flags.mark_flag_as_required("out")
 common.define_step_flag()
 flags.DEFINE_bool("npy", False, "Also write <stem>.npy, float32 H x W probabilities.")
 flags.DEFINE_integer("tile", None, "Tile every image with this interior size in pixels (default: tile only images "
@@ -53,7 +54,8 @@ def main(argv: Sequence[str]) -> int:
                                   precision=FLAGS.precision, tile=FLAGS.tile,
                                   max_untiled_pixels=FLAGS.max_untiled_pixels, npy=FLAGS.npy,
                                   max_pixels=FLAGS.max_pixels, trace_checkpoint=FLAGS.trace_checkpoint or None,
-                                  trace_level=FLAGS.trace_level, trace_threshold=FLAGS.trace_threshold)
+                                  trace_level=FLAGS.trace_level, trace_threshold=FLAGS.trace_threshold,
+                                  overwrite=FLAGS.overwrite)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def run_imc_eval() -> None:
         crop = _flag_of(_out() / name, "crop")
         command = [sys.executable, "-m", "experiments.evaluate_imc", f"--checkpoint={_out() / name}",
                    f"--data_dir={_out() / 'data' / 'pristine'}", "--split=test", f"--crop={crop}",
-                   f"--samples={FLAGS.imc_eval_samples}", f"--out={out}"]
+                   f"--samples={FLAGS.imc_eval_samples}", f"--out={out}", "--overwrite"]  # an interrupted attempt
         _log(f"imc_eval {name}: {' '.join(command)}")
         subprocess.run(command, check=True)
 

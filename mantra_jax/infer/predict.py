@@ -294,21 +294,34 @@ def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.S
                    precision: str = "float32", tile: Optional[int] = None,
                    max_untiled_pixels: int = DEFAULT_MAX_UNTILED_PIXELS, npy: bool = False,
                    max_pixels: int = images.DEFAULT_MAX_PIXELS, trace_checkpoint=None, trace_level: Optional[int] = None,
-                   trace_threshold: Optional[float] = None) -> int:
+                   trace_threshold: Optional[float] = None, overwrite: bool = False) -> int:
     """Predicts every image of `inputs` (files or folders) into the folder `out` (see the module
     docstring for what is written): masks with the ManTra-Net `checkpoint`, manipulation maps at
     `trace_level` with the IMC `trace_checkpoint`, or both (either may be None, not both);
     None for the level or the threshold: trace.DEFAULT_LEVEL, trace.DEFAULT_THRESHOLD.
     Returns 0 when at least one image was processed, else 1; raises UserError for an `out` that
-    is a file or in use and for a missing, unusable or wrong-kind checkpoint."""
+    is a file, in use, or holds files (unless `overwrite`: mantra_jax.workdir.output_folder) and
+    for a missing, unusable or wrong-kind checkpoint (before `out` is touched)."""
     if checkpoint is None and trace_checkpoint is None:
         raise UserError("give a ManTra-Net checkpoint (--checkpoint) for forgery masks, an IMC checkpoint "
                         "(--trace_checkpoint) for manipulation maps, or both")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: give a folder for the outputs")
-    out.mkdir(parents=True, exist_ok=True)
-    with workdir.lock(out, what="predict run"):  # a second run writing this folder is refused
+    predictor = tracer = None  # loaded before the folder is touched: a refused run changes nothing
+    if checkpoint is not None:
+        predictor = _load(Predictor, checkpoint, "checkpoint", "ladn", step=step, dtype=precision, tile=tile,
+                          max_untiled_pixels=max_untiled_pixels)
+    if trace_checkpoint is not None:
+        from mantra_jax.infer import trace  # noqa: PLC0415  (trace imports this module)
+
+        trace_level = trace.DEFAULT_LEVEL if trace_level is None else trace_level
+        trace_threshold = trace.DEFAULT_THRESHOLD if trace_threshold is None else trace_threshold
+        tracer = _load(trace.Tracer, trace_checkpoint, "trace checkpoint", "imc", step=step, level=trace_level,
+                       dtype=precision, tile=tile, max_untiled_pixels=max_untiled_pixels)
+    # One rule for every output folder (workdir.output_folder): a folder holding files is refused unless
+    # `overwrite`, which replaces the earlier run's files; a second run writing it is refused.
+    with workdir.output_folder(out, what="predict run", overwrite=overwrite):
         files, skipped, any_folder, n_excluded = collect_inputs(inputs, exclude=out)
         for path, reason in skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -324,17 +337,6 @@ def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.S
             _write_skipped(out, skipped)
             _page(out, checkpoint, trace_checkpoint, skipped).write()
             return 1
-        predictor = tracer = None
-        if checkpoint is not None:
-            predictor = _load(Predictor, checkpoint, "checkpoint", "ladn", step=step, dtype=precision, tile=tile,
-                              max_untiled_pixels=max_untiled_pixels)
-        if trace_checkpoint is not None:
-            from mantra_jax.infer import trace  # noqa: PLC0415  (trace imports this module)
-
-            trace_level = trace.DEFAULT_LEVEL if trace_level is None else trace_level
-            trace_threshold = trace.DEFAULT_THRESHOLD if trace_threshold is None else trace_threshold
-            tracer = _load(trace.Tracer, trace_checkpoint, "trace checkpoint", "imc", step=step, level=trace_level,
-                           dtype=precision, tile=tile, max_untiled_pixels=max_untiled_pixels)
         return _predict_into(predictor, tracer, files, skipped, any_folder, out, npy=npy, max_pixels=max_pixels,
                              threshold=trace_threshold, page=_page(out, checkpoint, trace_checkpoint, skipped))
 
@@ -453,12 +455,9 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
 
 
 def _write_skipped(out: Path, skipped):
-    path = out / "skipped.csv"
     if not skipped:
-        if path.exists():
-            os.remove(path)  # a stale list from an earlier run would be misleading
         return
-    with open(path, "w", newline="") as f:
+    with open(out / "skipped.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("file", "error"))
         writer.writerows(skipped)
