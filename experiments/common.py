@@ -123,7 +123,9 @@ def finish(summary: dict):
               f"command to resume (exit status {PREEMPTED_EXIT_STATUS})", file=sys.stderr, flush=True)
         sys.exit(PREEMPTED_EXIT_STATUS)
     if jax.process_index() == 0:
-        print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)}, flush=True)
+        rows = [[k, v] for k, v in summary.items() if isinstance(v, float)]
+        step = summary.get("step")
+        print_table(["metric", "value"], rows, title="final validation" + (f" (step {step})" if step else ""))
 
 
 def start_evaluation_cli(argv, fv, required):
