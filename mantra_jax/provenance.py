@@ -138,5 +138,6 @@ def settings_from_checkpoint(checkpoint, asked: dict, trainer_flags: dict, defau
         settings[name] = defaults[name] if value is None else value
     if "data_dir" in taken and settings["data_dir"] and not Path(settings["data_dir"]).is_dir():
         raise ValueError(f"{settings['data_dir']}: the photo folder the checkpoint was trained on ({where}) "
-                         "is not a folder here; pass --data_dir")
+                         "is not a folder here; pass --data_dir (the photos it was trained on, for the figures of "
+                         "its card; or --data_dir= for the bundled photos)")
     return settings, taken

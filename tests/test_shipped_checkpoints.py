@@ -19,7 +19,7 @@ def test_the_shipped_checkpoints_are_small_and_hold_the_model_only():
     assert 0 < total <= 2 * 1024 * 1024
     for name in SHIPPED:
         steps = [p for p in (CHECKPOINTS / name / checkpoint.STEPS_DIR).iterdir() if p.is_dir()]
-        assert [p.name for p in steps] == ["0"]
+        assert len(steps) == 1 and steps[0].name.isdigit()
         items = {p.name for p in steps[0].iterdir() if p.is_dir()}
         assert items <= {"params", "batch_stats", "meta"} and "params" in items, items
 
@@ -46,3 +46,22 @@ def test_the_shipped_localisation_model_runs_through_the_predictor():
     expected = json.loads((CHECKPOINTS / "mantranet_small" / "expected_outputs.json").read_text())
     assert prob.shape == tuple(expected["shape"])
     np.testing.assert_allclose(prob.mean(), expected["mean"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_a_shipped_checkpoint_carries_its_training_settings_and_card(name):
+    """Every command names the step the model was taken at and why; evaluate_imc and sensitivity
+    default to the settings it was trained with (flags.txt); the card states the licences."""
+    from mantra_jax import provenance
+
+    folder = CHECKPOINTS / name
+    assert all((folder / f).is_file() for f in checkpoint.SHIPPED_FILES)
+    _, _, record = checkpoint.load_model_at(folder)
+    assert record["step"] > 0 and record["step_reason"] == provenance.BEST_BY_VALIDATION
+    assert record["best_val_loss"] is not None
+    trained = provenance.read_run_flags(folder)
+    assert {"data_dir", "seed", "batch_size", "width_scale"} <= set(trained)
+    assert int(trained["steps_per_epoch"]) * int(trained["epochs"]) >= record["step"]
+    card = (folder / "README.md").read_text()
+    assert f"Step {record['step']:,}" in card or f"step {record['step']}" in card.lower()
+    assert "## Licence" in card and "Apache-2.0" in card
