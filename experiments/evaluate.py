@@ -37,7 +37,8 @@ flags.DEFINE_string("from_stats", None, "Recompute the report from this earlier 
 flags.DEFINE_enum("preset", None, sorted(datasets.PRESETS), "Benchmark folder layout.")
 flags.DEFINE_bool("invert_masks", None, "Masks mark the forgery in black (unset: as the preset says).")
 flags.DEFINE_bool("resize_masks", False, "Resize masks of another size to the image (nearest) instead of skipping "
-                  "the image.")
+                  "the image. Right only for images that were scaled: a mask of a cropped image is misplaced "
+                  "(check a few panels, or use masks made at the image's size).")
 flags.DEFINE_bool("negate_rule", True, "The paper's rule: negate the prediction for the AUC when over 50% of the "
                   "ground truth is forged.")
 flags.DEFINE_bool("invert_predictions", False, "Per-image max over p and 1-p for F1 and IoU.")

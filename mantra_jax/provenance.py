@@ -19,6 +19,7 @@ can parse their flags without loading either.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -141,3 +142,28 @@ def settings_from_checkpoint(checkpoint, asked: dict, trainer_flags: dict, defau
                          "is not a folder here; pass --data_dir (the photos it was trained on, for the figures of "
                          "its card; or --data_dir= for the bundled photos)")
     return settings, taken
+
+
+# A model card (README.md in the checkpoint folder) that says so in these words: not a forensic tool.
+CARD_FILE = "README.md"
+_NOT_FORENSIC = re.compile(r"not (?:a )?forensic tools?|not for forensics", re.IGNORECASE)
+
+
+def card_caveat(*directories) -> Optional[str]:
+    """The note every page of a run shows when the card (README.md in the checkpoint folder) of one
+    of its models says it is not a forensic tool; None when none does."""
+    said = []
+    for directory in directories:
+        if directory is None:
+            continue
+        try:
+            text = (Path(directory) / CARD_FILE).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if _NOT_FORENSIC.search(text):
+            said.append(str(directory))
+    if not said:
+        return None
+    whose = f"the model {said[0]}" if len(said) == 1 else "the models " + " and ".join(said)
+    return (f"Not a forensic tool: the card ({CARD_FILE}) of {whose} says so. Scores and maps show what the model "
+            "responds to, not whether an image was manipulated: the ranking below is not a list of forgeries.")

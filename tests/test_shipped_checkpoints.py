@@ -8,6 +8,7 @@ import pytest
 
 from mantra_jax import checkpoint
 from mantra_jax.eval import reference
+from mantra_jax.imc import taxonomy
 from mantra_jax.infer.predict import Predictor
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -65,3 +66,24 @@ def test_a_shipped_checkpoint_carries_its_training_settings_and_card(name):
     card = (folder / "README.md").read_text()
     assert f"Step {record['step']:,}" in card or f"step {record['step']}" in card.lower()
     assert "## Licence" in card and "Apache-2.0" in card
+
+
+def test_the_shipped_imc_model_traces_readably_by_default():
+    """By default the map shows the model's answer at every pixel, shaded by its confidence, over
+    the photo: the small model's top probability stays far below 0.5, which once left its maps
+    all grey. The summary's dominant class is the class most of the drawn pixels show."""
+    from mantra_jax.infer import trace
+
+    tracer = trace.Tracer.from_checkpoint(CHECKPOINTS / "imc_small", level=trace.DEFAULT_LEVEL)
+    rgb = reference.reference_image()
+    t = tracer.trace(rgb)
+    assert t.top_prob.max() < 0.5  # what a fixed 0.5 threshold would have left blank
+    row = trace.trace_summary(t)
+    assert row["trace_below_threshold"] < 0.5
+    confidence = trace.confidence(t.top_prob, t.level)
+    assert np.mean(confidence > 0.2) > 0.5  # most pixels visibly coloured
+    drawn = trace.trace_image(t, rgb=rgb)
+    grey = trace.trace_image(t, threshold=2.0, rgb=rgb)  # nothing coloured: the grey photo
+    assert np.mean(np.any(drawn != grey, axis=-1)) > 0.5
+    names = taxonomy.class_names(t.level)
+    assert row["trace_dominant"] == names[np.bincount(t.class_map.ravel()).argmax()]

@@ -14,7 +14,8 @@ From Python (e.g. a notebook), load once and predict many times:
     python -m experiments.predict [--checkpoint DIR] --trace_checkpoint IMC_DIR [--trace_level 1] --out OUTDIR ...
 
 writes for each image OUTDIR/<output>_mask.png (round(255 p), 8-bit grey), OUTDIR/<output>_overlay.png
-(a JET heat map blended over the photo), with --npy OUTDIR/<output>.npy (float32 H x W), and one row
+(the probability colour map over the photo, opaque where p is high, the photo itself
+where p = 0; OUTDIR/probability_colour_bar.png is its colour bar, plots.write_colour_bar), with --npy OUTDIR/<output>.npy (float32 H x W), and one row
 of OUTDIR/summary.csv: file, output (the name of its outputs: the stem, with "-2", "-3", ...
 appended when inputs share a stem), height, width, score (the mean likelihood, the paper's image
 score), seconds (reading and predicting; the first image of each new size includes compilation),
@@ -63,8 +64,9 @@ from mantra_jax import provenance
 from mantra_jax import workdir
 from mantra_jax.data import images
 from mantra_jax.errors import UserError
+from mantra_jax.imc import taxonomy
 from mantra_jax.metrics.progress import ProgressLine
-from mantra_jax.metrics import pages
+from mantra_jax.metrics import pages, plots
 from mantra_jax.nn import featex, model, tiled
 from mantra_jax.nn.config import ModelConfig
 
@@ -74,7 +76,6 @@ from mantra_jax.nn.config import ModelConfig
 # Above 2 megapixels, tiling wins. Below, an image is still tiled when the whole-image program
 # would not fit the device's free memory.
 DEFAULT_MAX_UNTILED_PIXELS = 2_000_000
-OVERLAY_ALPHA = 0.5
 SUMMARY_FIELDS = ("file", "output", "height", "width", "score", "seconds", "note")
 PAGE_INTERVAL_S = 10.0  # index.html is rewritten at most this often during a run (and at the end)
 
@@ -220,11 +221,11 @@ def mask_image(prob_HxW) -> np.ndarray:
     return np.rint(np.clip(np.asarray(prob_HxW, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def overlay_image(rgb_HxWx3, prob_HxW, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """A JET heat map of the probabilities (blue 0, red 1) blended over the photo, uint8 RGB."""
-    heat = cv2.cvtColor(cv2.applyColorMap(mask_image(prob_HxW), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    blend = (1.0 - alpha) * rgb_HxWx3.astype(np.float32) + alpha * heat.astype(np.float32)
-    return np.rint(blend).astype(np.uint8)
+def overlay_image(rgb_HxWx3, prob_HxW) -> np.ndarray:
+    """The probabilities over the photo, uint8 RGB: the colour map of every probability figure
+    (plots.PROBABILITY_COLORMAP) with an opacity that grows with the probability, so that a pixel
+    the model calls pristine (p = 0) keeps the photo's own colour (plots.probability_overlay)."""
+    return plots.probability_overlay(rgb_HxWx3, prob_HxW)
 
 
 def image_score(prob_HxW) -> float:
@@ -365,6 +366,9 @@ def _page(out: Path, checkpoint, trace_checkpoint, skipped) -> pages.RunPage:
     models = [f"mask {checkpoint}" if checkpoint is not None else "",
               f"trace {trace_checkpoint}" if trace_checkpoint is not None else ""]
     page = pages.RunPage(out, title="predict: " + ", ".join(m for m in models if m))
+    caveat = provenance.card_caveat(checkpoint, trace_checkpoint)
+    if caveat:
+        page.add_note(caveat)
     for path, reason in skipped:
         page.skip(path, reason)
     return page
@@ -376,6 +380,10 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
     if predictor is not None:
         print(provenance.describe(predictor.provenance), file=sys.stderr)
     fields = SUMMARY_FIELDS
+    headline, figures = {}, []
+    if predictor is not None:
+        figures.append(plots.write_colour_bar(out))
+    trace_counts = None
     if tracer is not None:
         from mantra_jax.infer import trace  # noqa: PLC0415
 
@@ -386,7 +394,19 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
               + (", Featex shared with the mask model" if both and both.shared else ""), file=sys.stderr)
         fields = SUMMARY_FIELDS + trace.TRACE_SUMMARY_FIELDS
         legend = trace.write_legend_png(out, tracer.level, threshold)
-        page.set_headline({"trace level": tracer.level, "trace threshold": threshold}, figures=[legend])
+        headline["trace level"] = tracer.level
+        if threshold > 0:
+            headline["trace threshold"] = threshold
+        trace_counts = np.zeros(len(trace.palette(tracer.level)), np.int64)
+
+        def set_legend():
+            names, colours, total = taxonomy.class_names(tracer.level), trace.palette(tracer.level), trace_counts.sum()
+            order = sorted(np.flatnonzero(trace_counts), key=lambda i: (-trace_counts[i], i))
+            page.set_legend(f"Trace legend, level {tracer.level}: the classes in these maps (share of their pixels); "
+                            "colour opacity = the model's confidence, none at chance",
+                            [(f"{i} {names[i]}", colours[i], trace_counts[i] / total) for i in order], legend)
+    if headline or figures:
+        page.set_headline(headline, figures=figures)
     (out / "run.json").write_text(json.dumps(record, indent=1))
     progress = ProgressLine(len(files), "predict", min_interval_s=0.0) if any_folder or len(files) > 1 else None
     say = progress.message if progress is not None else lambda t: print(t, file=sys.stderr)
@@ -431,9 +451,11 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
                 values = {}
                 if trace_map is not None:
                     trace_png = out / trace.trace_png_name(stem, trace_map.level)
-                    trace.write_trace_png(trace_png, trace_map, threshold)
+                    trace.write_trace_png(trace_png, trace_map, threshold, rgb)
                     shown["trace"] = trace_png
                     traced = trace.trace_summary(trace_map, threshold)
+                    trace_counts += trace.class_counts(trace_map, threshold)
+                    set_legend()
                     row += [traced[k] for k in trace.TRACE_SUMMARY_FIELDS]
                     values = {"dominant class": traced["trace_dominant"],
                               "its share": traced["trace_dominant_share"]}
