@@ -164,6 +164,7 @@ def card_caveat(*directories) -> Optional[str]:
             said.append(str(directory))
     if not said:
         return None
-    whose = f"the model {said[0]}" if len(said) == 1 else "the models " + " and ".join(said)
-    return (f"Not a forensic tool: the card ({CARD_FILE}) of {whose} says so. Scores and maps show what the model "
-            "responds to, not whether an image was manipulated: the ranking below is not a list of forgeries.")
+    whose = (f"the card ({CARD_FILE}) of the model {said[0]} says so" if len(said) == 1 else
+             f"the cards ({CARD_FILE}) of the models {' and '.join(said)} say so")
+    return (f"Not a forensic tool: {whose}. Scores and maps show what the model responds to, not whether an "
+            "image was manipulated: the ranking below is not a list of forgeries.")

@@ -87,3 +87,25 @@ def test_the_shipped_imc_model_traces_readably_by_default():
     assert np.mean(np.any(drawn != grey, axis=-1)) > 0.5
     names = taxonomy.class_names(t.level)
     assert row["trace_dominant"] == names[np.bincount(t.class_map.ravel()).argmax()]
+
+
+def test_packaging_a_run_keeps_its_step_validation_loss_flags_and_card(tmp_path):
+    from mantra_jax import provenance
+    from mantra_jax.nn import config
+    from tests.helpers import random_variables
+
+    cfg = config.make_config(width_scale=0.125, widths=((4,), (8, 8)), head="imc", num_classes=7)
+    run = tmp_path / "run"
+    checkpoint.save_model(run, cfg, random_variables(cfg, 0), {"best_val_loss": 1.5}, step=750)
+    (run / "flags.txt").write_text("--crop=64\n--data_dir=photos\n")
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "README.md").write_text("the card")
+    checkpoint.package_model(run, package)
+    _, _, record = checkpoint.load_model_at(package)
+    assert (record["step"], record["step_reason"], record["best_val_loss"]) == (750, provenance.BEST_BY_VALIDATION, 1.5)
+    assert provenance.read_run_flags(package) == {"crop": "64", "data_dir": "photos"}
+    assert (package / "README.md").read_text() == "the card"
+    (run / "flags.txt").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="flags.txt"):
+        checkpoint.package_model(run, tmp_path / "other")

@@ -402,8 +402,7 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
         def set_legend():
             names, colours, total = taxonomy.class_names(tracer.level), trace.palette(tracer.level), trace_counts.sum()
             order = sorted(np.flatnonzero(trace_counts), key=lambda i: (-trace_counts[i], i))
-            page.set_legend(f"Trace legend, level {tracer.level}: the classes in these maps (share of their pixels); "
-                            "colour opacity = the model's confidence, none at chance",
+            page.set_legend(f"Trace legend, level {tracer.level} (share of the maps' pixels; opacity: confidence)",
                             [(f"{i} {names[i]}", colours[i], trace_counts[i] / total) for i in order], legend)
     if headline or figures:
         page.set_headline(headline, figures=figures)
