@@ -28,7 +28,8 @@ flags.DEFINE_integer("trace_level", trace.DEFAULT_LEVEL, "Taxonomy level of the 
                      "families ... 5: the 380 leaves); at most the level the IMC checkpoint was trained at. --step "
                      "chooses its step too.", lower_bound=0, upper_bound=5)
 flags.DEFINE_float("trace_threshold", trace.DEFAULT_THRESHOLD, "Pixels whose top class probability is below this "
-                   "are drawn grey in the manipulation maps.", lower_bound=0.0, upper_bound=1.0)
+                   "show the photo alone in the manipulation maps (default 0: every pixel shows its class, with the "
+                   "model's confidence as its opacity).", lower_bound=0.0, upper_bound=1.0)
 common.define_out_flags("Output folder (created).")
 flags.mark_flag_as_required("out")
 common.define_step_flag()

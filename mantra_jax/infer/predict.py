@@ -30,7 +30,7 @@ step read (--step best | latest | N) and why, the model configuration and the co
 
 With an IMC checkpoint (`trace_checkpoint`, beside the mask checkpoint or alone) each image also
 gets OUTDIR/<output>_trace_L<k>.png, its manipulation map at hierarchy level k
-(mantra_jax/infer/trace.py: palette, threshold grey), the folder one trace_legend_L<k>.png, and
+(mantra_jax/infer/trace.py: class colours over the grey photo, shaded by confidence), the folder one trace_legend_L<k>.png, and
 summary.csv the columns trace.TRACE_SUMMARY_FIELDS (dominant class, its share, the next classes);
 run.json records the IMC checkpoint under "trace". Without a mask checkpoint the mask, overlay
 and score are left out. When the mask model's Featex is the IMC model's, Featex runs once.

@@ -2,7 +2,7 @@
 
     tracer = Tracer.from_checkpoint("runs/imc", level=1)
     trace = tracer.trace(rgb_uint8_HxWx3)             # TraceMap: class id and top probability per pixel
-    write_trace_png(out / trace_png_name(stem, 1), trace)
+    write_trace_png(out / trace_png_name(stem, 1), trace, rgb=rgb_uint8_HxWx3)   # over the photo
     write_legend_png(out, 1)                          # trace_legend_L1.png, once per folder
     row.update(trace_summary(trace))                  # TRACE_SUMMARY_FIELDS, flat: one csv row
 
