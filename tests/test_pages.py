@@ -112,3 +112,19 @@ def test_the_table_fits_a_screen_with_the_longest_class_names_and_notes_show(tmp
     assert '<p class="note">Not a forensic tool: a test note.</p>' in text
     assert text.count('<span class="swatch"') == len(longest)
     assert "max-width: 200px" in text  # four image columns and the text columns fit 1,400 pixels
+
+
+def test_relative_paths_are_the_command_lines_not_the_page_folders(tmp_path, monkeypatch):
+    """`predict --out try_it photos/a.png` run from some folder: every image shows."""
+    monkeypatch.chdir(tmp_path)
+    _png(Path("photos") / "a.png", 8, 8)
+    _png(Path("try_it") / "a_mask.png", 8, 8)
+    page = pages.RunPage(Path("try_it"), title="relative")
+    page.add(pages.PageRow("photos/a.png", {"photo": Path("photos/a.png"), "mask": Path("try_it/a_mask.png")}))
+    page.set_headline({}, figures=[_png(Path("try_it") / "bar.png", 4, 8)])
+    text = page.write().read_text(encoding="utf-8")
+    assert "missing or unreadable" not in text
+    parsed = parse_page(tmp_path / "try_it" / "index.html")
+    assert len(parsed.rows[0]["src"]) == 2
+    for link in parsed.links:
+        assert resolve_link(tmp_path / "try_it", link).is_file(), link

@@ -73,8 +73,9 @@ ol.footnotes { font-size: 0.9em; }
 @dataclasses.dataclass
 class PageRow:
     """One image: `name` as shown (its input path); `images`, column -> image file (absolute, or
-    relative to the page's folder; None: an empty cell); `score`, the image score; `values`,
-    further columns (evaluate: per-image AUC and F1; a trace: its dominant class)."""
+    relative to the current directory, as given on the command line; None: an empty cell);
+    `score`, the image score; `values`, further columns (evaluate: per-image AUC and F1; a trace:
+    its dominant class)."""
 
     name: str
     images: Mapping[str, Any]
@@ -183,8 +184,7 @@ class RunPage:
 
     # ---------------------------------------------------------------------------------------
     def _path(self, p) -> Path:
-        p = Path(p)
-        return p if p.is_absolute() else self.folder / p
+        return Path(p).absolute()  # a relative path is the caller's (the command line's), not the page folder's
 
     def _columns(self, attribute: str, given):
         if given is not None:
