@@ -153,7 +153,9 @@ def finish(summary: dict):
               f"command to resume (exit status {PREEMPTED_EXIT_STATUS})", file=sys.stderr, flush=True)
         sys.exit(PREEMPTED_EXIT_STATUS)
     if jax.process_index() == 0:
-        print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)}, flush=True)
+        rows = [[k, v] for k, v in summary.items() if isinstance(v, float)]
+        step = summary.get("step")
+        print_table(["metric", "value"], rows, title="final validation" + (f" (step {step})" if step else ""))
 
 
 def start_evaluation_cli(argv, fv, required):
@@ -203,3 +205,23 @@ def print_table(header, rows, title: str = ""):
     lines += ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     print("\n".join(lines), flush=True)
+
+
+def define_out_flags(help_text: str = "Output folder (created).", flag_values: flags.FlagValues = FLAGS):
+    """--out and --overwrite, the same for every command that writes an output or report folder."""
+    flags.DEFINE_string("out", None, help_text + " A folder that already holds files is refused unless "
+                        "--overwrite.", flag_values=flag_values)
+    flags.DEFINE_bool("overwrite", False, "Replace the earlier run in --out: delete the files it recorded "
+                      "(.outputs.json) before writing; other files stay.", flag_values=flag_values)
+
+
+def output_folder(what: str, checkpoint: str | None = None, flag_values: flags.FlagValues = FLAGS):
+    """The --out folder for this run (mantra_jax.workdir.output_folder: refused when it holds files,
+    unless --overwrite). A `checkpoint` that is no checkpoint is refused first, before --out is touched."""
+    from mantra_jax import workdir
+
+    if checkpoint:
+        from mantra_jax.checkpoint import read_model_config
+
+        read_model_config(checkpoint)
+    return workdir.output_folder(flag_values.out, what=what, overwrite=flag_values.overwrite)

@@ -11,7 +11,6 @@ is printed as one line, `error: ...`, and the exit status is 2.
 """
 from __future__ import annotations
 
-import contextlib
 import logging as std_logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from experiments import cli, common
-from mantra_jax import provenance, workdir
+from mantra_jax import provenance
 from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import datasets
 from mantra_jax.metrics import pixel as pixel_metrics
@@ -32,13 +31,14 @@ common.define_step_flag()
 flags.DEFINE_string("images", None, "Folder of forged images.")
 flags.DEFINE_string("masks", None, "Folder of ground-truth masks.")
 flags.DEFINE_string("authentic", None, "Folder of authentic images (enables image-level metrics).")
-flags.DEFINE_string("out", None, "Output folder.")
+common.define_out_flags("Output folder.")
 flags.DEFINE_string("from_stats", None, "Recompute the report from this earlier output folder's statistics instead of "
                     "running a model.")
 flags.DEFINE_enum("preset", None, sorted(datasets.PRESETS), "Benchmark folder layout.")
 flags.DEFINE_bool("invert_masks", None, "Masks mark the forgery in black (unset: as the preset says).")
 flags.DEFINE_bool("resize_masks", False, "Resize masks of another size to the image (nearest) instead of skipping "
-                  "the image.")
+                  "the image. Right only for images that were scaled: a mask of a cropped image is misplaced "
+                  "(check a few panels, or use masks made at the image's size).")
 flags.DEFINE_bool("negate_rule", True, "The paper's rule: negate the prediction for the AUC when over 50% of the "
                   "ground truth is forged.")
 flags.DEFINE_bool("invert_predictions", False, "Per-image max over p and 1-p for F1 and IoU.")
@@ -57,8 +57,6 @@ class _QuietOrbax(std_logging.Filter):
 
 
 def _evaluate() -> dict:
-    if not FLAGS.out:
-        raise app.UsageError("--out is required")
     options = EvaluationOptions(
         preset=FLAGS.preset, invert_masks=FLAGS.invert_masks, resize_masks=FLAGS.resize_masks,
         negate_rule=FLAGS.negate_rule, invert_predictions=FLAGS.invert_predictions,
@@ -79,8 +77,11 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     common.use_compilation_cache(FLAGS.compilation_cache)
     logging.get_absl_handler().addFilter(_QuietOrbax())
-    out = FLAGS.out  # a second run writing this folder is refused
-    with workdir.lock(out, what="evaluation") if out else contextlib.nullcontext():
+    if not FLAGS.out:
+        raise app.UsageError("--out is required")
+    if FLAGS.from_stats and Path(FLAGS.from_stats).resolve() == Path(FLAGS.out).resolve():
+        raise app.UsageError("--out must be another folder than --from_stats (whose statistics it reads)")
+    with common.output_folder("evaluation", FLAGS.checkpoint if not FLAGS.from_stats else None):
         summary = _evaluate()
     run_info = summary.get("run", {})
     title = provenance.describe(run_info) if "step" in run_info else "Forgery localisation benchmark"

@@ -23,6 +23,7 @@ from absl import app, flags
 
 from experiments import cli, common
 from mantra_jax import provenance
+from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import imc_eval
 from mantra_jax.nn import config
 
@@ -41,7 +42,7 @@ flags.DEFINE_integer("crop", None, "Crop scored inside each manipulated patch. D
 flags.DEFINE_integer("seed", imc_eval.TRAINER_VAL_SEED, "Seed of the sample set (default: the trainer's validation "
                      "seed).", lower_bound=0)
 flags.DEFINE_enum("precision", "float32", config.PRECISIONS, "Computation dtype.")
-flags.DEFINE_string("out", None, "Output folder.")
+common.define_out_flags("Output folder.")
 
 
 def print_summary(report: dict, out: str) -> None:
@@ -57,12 +58,14 @@ def print_summary(report: dict, out: str) -> None:
     print(f"\n{report['level_names']}\nreport: {Path(out) / 'imc_report.md'}")
 
 
+@exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     common.start_evaluation_cli(argv, FLAGS, ("checkpoint", "out"))
-    report = imc_eval.evaluate_checkpoint(
-        FLAGS.checkpoint, FLAGS.data_dir, FLAGS.out, split=FLAGS.split, samples=FLAGS.samples,
-        batch_size=FLAGS.batch_size, patch=FLAGS.patch, crop=FLAGS.crop, seed=FLAGS.seed, step=FLAGS.step,
-        precision=FLAGS.precision)
+    with common.output_folder("IMC evaluation", FLAGS.checkpoint):
+        report = imc_eval.evaluate_checkpoint(
+            FLAGS.checkpoint, FLAGS.data_dir, FLAGS.out, split=FLAGS.split, samples=FLAGS.samples,
+            batch_size=FLAGS.batch_size, patch=FLAGS.patch, crop=FLAGS.crop, seed=FLAGS.seed, step=FLAGS.step,
+            precision=FLAGS.precision)
     print_summary(report, FLAGS.out)
 
 

@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from experiments import cli, common
+from mantra_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "End-to-end (ManTra-Net) checkpoint folder.")
-flags.DEFINE_string("out", None, "Output folder.")
+common.define_out_flags("Output folder.")
 flags.DEFINE_list("formats", ["stablehlo", "onnx"], "Formats to export: stablehlo, onnx.")
 flags.DEFINE_integer("opset", 23, "ONNX opset.", lower_bound=13)
 flags.DEFINE_float("tolerance", 1e-4, "Largest difference of probabilities allowed by the check.", lower_bound=0.0)
@@ -37,14 +38,18 @@ def main(argv: Sequence[str]) -> None:
     from mantra_jax.checkpoint import CheckpointError  # noqa: PLC0415
 
     try:
-        report = export.export_checkpoint(fv.checkpoint, fv.out, formats=fv.formats, opset=fv.opset,
-                                          tolerance=fv.tolerance, log=lambda text: print(text, file=sys.stderr))
+        with common.output_folder("export", fv.checkpoint, flag_values=fv):
+            report = export.export_checkpoint(fv.checkpoint, fv.out, formats=fv.formats, opset=fv.opset,
+                                              tolerance=fv.tolerance, log=lambda text: print(text, file=sys.stderr))
     except export.ExportDependencyError as e:
         sys.exit(f"error: {e}")
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: cannot export the checkpoint {fv.checkpoint}: {e}")
     except export.ExportCheckFailed as e:
         sys.exit(f"error: the export check failed: {e}")
+    except UserError as e:  # --out (common.output_folder): a user error, exit status 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps({k: report[k] for k in report if k.startswith(("max_abs_diff", "min_height"))}, indent=2))
 
 

@@ -17,6 +17,7 @@ from absl import app, flags
 
 from experiments import cli, common
 from mantra_jax import provenance
+from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import kcmi
 from mantra_jax.nn import config
 
@@ -24,7 +25,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint folder (IMC or ManTra-Net).")
 common.define_step_flag()
 flags.DEFINE_string("data_dir", None, "Folder with one sub-folder of photos per camera model.")
-flags.DEFINE_string("out", None, "Output folder.")
+common.define_out_flags("Output folder.")
 flags.DEFINE_integer("k", kcmi.DEFAULT_K, "Neighbours voting.", lower_bound=1)
 flags.DEFINE_integer("crop", kcmi.DEFAULT_CROP, "Side of the centre window averaged (smaller photos: whole).",
                      lower_bound=8)
@@ -45,10 +46,13 @@ def print_summary(result: dict, out: str) -> None:
     print(f"report: {Path(out) / 'kcmi_report.md'}")
 
 
+@exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     common.start_evaluation_cli(argv, FLAGS, ("checkpoint", "data_dir", "out"))
-    result = kcmi.evaluate_checkpoint(FLAGS.checkpoint, FLAGS.data_dir, FLAGS.out, k=FLAGS.k, crop=FLAGS.crop,
-                                      seed=FLAGS.seed, metric=FLAGS.metric, step=FLAGS.step, precision=FLAGS.precision)
+    with common.output_folder("KCMI evaluation", FLAGS.checkpoint):
+        result = kcmi.evaluate_checkpoint(FLAGS.checkpoint, FLAGS.data_dir, FLAGS.out, k=FLAGS.k, crop=FLAGS.crop,
+                                          seed=FLAGS.seed, metric=FLAGS.metric, step=FLAGS.step,
+                                          precision=FLAGS.precision)
     print_summary(result, FLAGS.out)
 
 

@@ -28,8 +28,10 @@ flags.DEFINE_integer("trace_level", trace.DEFAULT_LEVEL, "Taxonomy level of the 
                      "families ... 5: the 380 leaves); at most the level the IMC checkpoint was trained at. --step "
                      "chooses its step too.", lower_bound=0, upper_bound=5)
 flags.DEFINE_float("trace_threshold", trace.DEFAULT_THRESHOLD, "Pixels whose top class probability is below this "
-                   "are drawn grey in the manipulation maps.", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_string("out", None, "Output folder (created).", required=True)
+                   "show the photo alone in the manipulation maps (default 0: every pixel shows its class, with the "
+                   "model's confidence as its opacity).", lower_bound=0.0, upper_bound=1.0)
+common.define_out_flags("Output folder (created).")
+flags.mark_flag_as_required("out")
 common.define_step_flag()
 flags.DEFINE_bool("npy", False, "Also write <stem>.npy, float32 H x W probabilities.")
 flags.DEFINE_integer("tile", None, "Interior size in pixels of the tiles every image is processed in (default: one "
@@ -56,7 +58,8 @@ def main(argv: Sequence[str]) -> int:
                                   precision=FLAGS.precision, tile=FLAGS.tile,
                                   max_untiled_pixels=FLAGS.max_untiled_pixels, npy=FLAGS.npy,
                                   max_pixels=FLAGS.max_pixels, trace_checkpoint=FLAGS.trace_checkpoint or None,
-                                  trace_level=FLAGS.trace_level, trace_threshold=FLAGS.trace_threshold)
+                                  trace_level=FLAGS.trace_level, trace_threshold=FLAGS.trace_threshold,
+                                  overwrite=FLAGS.overwrite)
 
 
 if __name__ == "__main__":

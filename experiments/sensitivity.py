@@ -23,6 +23,7 @@ from absl import app, flags
 from experiments import cli, common
 from mantra_jax import provenance
 from mantra_jax.data import forgeries
+from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import sensitivity
 from mantra_jax.nn import config
 
@@ -31,7 +32,7 @@ flags.DEFINE_string("checkpoint", None, "ManTra-Net checkpoint folder.")
 common.define_step_flag()
 flags.DEFINE_string("data_dir", None, "Folder of pristine photos (recursive). Default: the folder the checkpoint was "
                     "trained on; empty (or a checkpoint that does not say): the bundled photos.")
-flags.DEFINE_string("out", None, "Output folder.")
+common.define_out_flags("Output folder.")
 flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split whose patches are forged.")
 flags.DEFINE_integer("patch", None, "Patch size. Default: the trainer's --patch_size, else 256.", lower_bound=16)
 flags.DEFINE_integer("per_param", 20, "Forgeries per manipulation type and parameter.", lower_bound=1)
@@ -52,6 +53,7 @@ flags.DEFINE_integer("batch_size", 8, "Images per forward pass.", lower_bound=1)
 flags.DEFINE_enum("precision", "float32", config.PRECISIONS, "Computation dtype.")
 
 
+@exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     common.start_evaluation_cli(argv, FLAGS, ("checkpoint", "out"))
     studies = [name for name in ("sensitivity", "robustness") if FLAGS[name].value]
@@ -69,12 +71,13 @@ def main(argv: Sequence[str]) -> None:
     unknown = [k for k in FLAGS.kinds if k not in forgeries.FORGERY_TYPES]
     if FLAGS.robustness and (unknown or not FLAGS.kinds):
         raise app.UsageError(f"--kinds must be a non-empty subset of {forgeries.FORGERY_TYPES}, got {FLAGS.kinds}")
-    files, record = sensitivity.evaluate_checkpoint(
-        FLAGS.checkpoint, FLAGS.out, data_dir=FLAGS.data_dir, patch=FLAGS.patch, step=FLAGS.step,
-        precision=FLAGS.precision, batch_size=FLAGS.batch_size, split=FLAGS.split, per_param=FLAGS.per_param,
-        types=FLAGS.types, families=FLAGS.families, robust_samples=FLAGS.robust_samples, kinds=FLAGS.kinds,
-        downscale_factors=factors, jpeg_qualities=qualities, blur_kernels=kernels, edge_band=FLAGS.edge_band,
-        studies=studies, seed=FLAGS.seed)
+    with common.output_folder("sensitivity study", FLAGS.checkpoint):
+        files, record = sensitivity.evaluate_checkpoint(
+            FLAGS.checkpoint, FLAGS.out, data_dir=FLAGS.data_dir, patch=FLAGS.patch, step=FLAGS.step,
+            precision=FLAGS.precision, batch_size=FLAGS.batch_size, split=FLAGS.split, per_param=FLAGS.per_param,
+            types=FLAGS.types, families=FLAGS.families, robust_samples=FLAGS.robust_samples, kinds=FLAGS.kinds,
+            downscale_factors=factors, jpeg_qualities=qualities, blur_kernels=kernels, edge_band=FLAGS.edge_band,
+            studies=studies, seed=FLAGS.seed)
     print_summary(files, record)
 
 

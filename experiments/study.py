@@ -151,7 +151,7 @@ def run_imc_eval() -> None:
         crop = _flag_of(_out() / name, "crop")
         command = [sys.executable, "-m", "experiments.evaluate_imc", f"--checkpoint={_out() / name}",
                    f"--data_dir={_out() / 'data' / 'pristine'}", "--split=test", f"--crop={crop}",
-                   f"--samples={FLAGS.imc_eval_samples}", f"--out={out}"]
+                   f"--samples={FLAGS.imc_eval_samples}", f"--out={out}", "--overwrite"]  # an interrupted attempt
         _log(f"imc_eval {name}: {' '.join(command)}")
         subprocess.run(command, check=True)
 
@@ -384,13 +384,9 @@ def run_package() -> None:
     imc_source = Path(FLAGS.package_imc) if FLAGS.package_imc else _out() / "imc_hl5"
     for source, target, extra in ((e2e_source, "mantranet_small", {"chosen_validation": chosen}),
                                   (imc_source, "imc_small", {})):
-        cfg, variables = checkpoint.load_model(source)
         destination = Path(FLAGS.package_dir) / target
-        if destination.exists():
-            import shutil
-
-            shutil.rmtree(destination)
-        checkpoint.save_model(destination, cfg, variables, dict(extra, source_run=source.name))
+        checkpoint.package_model(source, destination, extra)
+        cfg, variables = checkpoint.load_model(destination)
         expected = reference.outputs(cfg, variables)
         (destination / "expected_outputs.json").write_text(json.dumps(expected, indent=1))
         _log(f"package: {source} -> {destination}")

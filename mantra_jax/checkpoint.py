@@ -3,11 +3,17 @@
 Layout of a checkpoint directory (a trainer's work directory, or a converted release):
 
     model_config.json          the ModelConfig of the network (mantra_jax.nn.config.to_dict)
+    flags.txt                  the trainer's flags (a training run, a shipped model; not converted weights)
     checkpoints/<step>/        Orbax steps, each a Composite of
         params, batch_stats    the model (all evaluation ever restores)
         opt_state              optimiser state          (training only)
         data                   grain iterator state, one JSON file per process
         meta                   JSON: step, epoch, learning-rate scale, best step, seed, ...
+
+A shipped model (checkpoints/*/, `package_model`) is a model-only checkpoint of one step, saved as
+the step it was taken at, with the training run's best validation loss in its metadata and its
+flags.txt, so that every command names that step and evaluate_imc / sensitivity default to the
+settings it was trained with; plus a model card (README.md) and expected_outputs.json.
 
 Retention: the last `keep` steps plus the best one (by validation loss). A step whose files are
 truncated or unreadable is skipped with a warning and the previous one is used. A step whose saved
@@ -208,14 +214,17 @@ def _short(e: Exception) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
-def save_model(directory, cfg: config_lib.ModelConfig, variables: dict, meta: Optional[dict] = None):
-    """Writes a model-only checkpoint (e.g. converted weights) that `load_model` reads."""
+def save_model(directory, cfg: config_lib.ModelConfig, variables: dict, meta: Optional[dict] = None, *,
+               step: int = 0):
+    """Writes a model-only checkpoint (converted weights, a shipped model) that `load_model` reads,
+    as `step` (a trained model: the step it was taken at; converted weights: 0). A `meta` with
+    "best_val_loss" makes it the best step by validation loss (mantra_jax.provenance)."""
     write_model_config(directory, cfg)
     manager = ocp.CheckpointManager(Path(directory).absolute() / STEPS_DIR,
                                     options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
     items = {k: ocp.args.StandardSave(variables[k]) for k in MODEL_ITEMS if _nonempty(variables[k])}
-    items["meta"] = ocp.args.JsonSave(dict(meta or {}, step=0, best_step=0))
-    manager.save(0, args=ocp.args.Composite(**items), force=True)
+    items["meta"] = ocp.args.JsonSave(dict(meta or {}, step=int(step), best_step=int(step)))
+    manager.save(int(step), args=ocp.args.Composite(**items), force=True)
     manager.wait_until_finished()
     manager.close()
 
@@ -315,3 +324,33 @@ def load_model_at(directory, step=None):
     record = provenance.checkpoint_record(directory, step=target, choice=choice, reason=reason, meta=meta,
                                           model_config=config_lib.to_dict(cfg))
     return cfg, variables, record
+
+
+SHIPPED_FILES = (CONFIG_FILE, "flags.txt", "README.md", "expected_outputs.json")
+
+
+def package_model(source, destination, extra_meta: Optional[dict] = None) -> dict:
+    """Copies the best step of the training run `source` into `destination` as a shipped model:
+    parameters and batch statistics only, saved as that step with the run's best validation loss
+    (so `load_model_at` names it "best by validation loss"), and the run's flags.txt. Returns the
+    provenance record of the step taken. The card (README.md) and expected_outputs.json are the
+    caller's."""
+    import shutil
+
+    from mantra_jax import provenance
+
+    cfg, variables, record = load_model_at(source, "best")
+    if record["step_reason"] != provenance.BEST_BY_VALIDATION:
+        raise CheckpointError(f"{source}: no best step by validation loss to ship ({record['step_reason']})")
+    flags_file = Path(source) / provenance.RUN_FLAGS_FILE
+    if not flags_file.is_file():
+        raise CheckpointError(f"{source}: no {provenance.RUN_FLAGS_FILE}: a shipped model carries its training flags")
+    destination = Path(destination)
+    if (destination / STEPS_DIR).exists():  # the earlier package; its card (README.md) stays
+        shutil.rmtree(destination / STEPS_DIR)
+    for name in SHIPPED_FILES[:-2] + SHIPPED_FILES[-1:]:
+        (destination / name).unlink(missing_ok=True)
+    meta = dict(extra_meta or {}, best_val_loss=record["best_val_loss"], source_run=Path(source).name)
+    save_model(destination, cfg, variables, meta, step=record["step"])
+    shutil.copyfile(flags_file, destination / provenance.RUN_FLAGS_FILE)
+    return record

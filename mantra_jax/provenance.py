@@ -19,6 +19,7 @@ can parse their flags without loading either.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -138,5 +139,32 @@ def settings_from_checkpoint(checkpoint, asked: dict, trainer_flags: dict, defau
         settings[name] = defaults[name] if value is None else value
     if "data_dir" in taken and settings["data_dir"] and not Path(settings["data_dir"]).is_dir():
         raise ValueError(f"{settings['data_dir']}: the photo folder the checkpoint was trained on ({where}) "
-                         "is not a folder here; pass --data_dir")
+                         "is not a folder here; pass --data_dir (the photos it was trained on, for the figures of "
+                         "its card; or --data_dir= for the bundled photos)")
     return settings, taken
+
+
+# A model card (README.md in the checkpoint folder) that says so in these words: not a forensic tool.
+CARD_FILE = "README.md"
+_NOT_FORENSIC = re.compile(r"not (?:a )?forensic tools?|not for forensics", re.IGNORECASE)
+
+
+def card_caveat(*directories) -> Optional[str]:
+    """The note every page of a run shows when the card (README.md in the checkpoint folder) of one
+    of its models says it is not a forensic tool; None when none does."""
+    said = []
+    for directory in directories:
+        if directory is None:
+            continue
+        try:
+            text = (Path(directory) / CARD_FILE).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if _NOT_FORENSIC.search(text):
+            said.append(str(directory))
+    if not said:
+        return None
+    whose = (f"the card ({CARD_FILE}) of the model {said[0]} says so" if len(said) == 1 else
+             f"the cards ({CARD_FILE}) of the models {' and '.join(said)} say so")
+    return (f"Not a forensic tool: {whose}. Scores and maps show what the model responds to, not whether an "
+            "image was manipulated: the ranking below is not a list of forgeries.")

@@ -10,6 +10,15 @@ cannot be checked from here: the message says to delete the file once that run i
 lock is removed when its holder ends normally (also after an error or SIGTERM), and so is the
 folder when the lock created it and nothing else was written.
 
+`output_folder(folder, what, overwrite)`: the one rule of every command that writes an --out or
+report folder (predict, evaluate, evaluate_imc, kcmi, sensitivity, export). A folder is never left
+half old, half new: the run holds the lock, and records every file it wrote in `.outputs.json`
+(written at the start with the files that were already there, completed at the end; a run that
+was killed leaves the start record, from which the next run tells its files apart). A folder that
+already holds files is refused, naming them, unless `overwrite`: then the files an earlier run
+recorded as its own are deleted (and said so) and the others are kept, also said so. A refused
+or failed run that created the folder and wrote nothing removes it again.
+
 `check_run` / `write_run`: `run.json` in a trainer's work directory records the settings that
 define the run (mantra_jax.train.loop.run_settings lists them). A rerun with any other value is
 refused before anything is written, naming each difference; `delete_run` starts over.
@@ -31,6 +40,8 @@ from mantra_jax.errors import UserError
 
 LOCK_FILE = ".lock"
 RUN_FILE = "run.json"
+OUTPUTS_FILE = ".outputs.json"
+_BOOKKEEPING = {LOCK_FILE, OUTPUTS_FILE}
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +152,104 @@ def _held_message(path: Path, holder: dict, what: str) -> str:
         text += (f" That process is on another machine, so this one cannot tell whether it still "
                  f"runs: if it has ended (its machine stopped), delete {path} and start again.")
     return text
+
+
+# -- output folders -------------------------------------------------------------------------------
+class FolderNotEmpty(UserError):
+    """An output folder that already holds files (without --overwrite)."""
+
+
+def _files(folder: Path) -> set[str]:
+    """Every file under `folder` (relative POSIX paths), the lock and the manifest left out."""
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+        rel = Path(dirpath).relative_to(folder)
+        for name in filenames:
+            if rel == Path(".") and (name in _BOOKKEEPING or name.startswith(LOCK_FILE + ".")):
+                continue
+            out.add((rel / name).as_posix())
+    return out
+
+
+def _earlier_run(folder: Path, present: set[str]) -> tuple[set[str], str]:
+    """(the files of `present` an earlier run recorded as its own, that run's command)."""
+    try:
+        record = json.loads((folder / OUTPUTS_FILE).read_text())
+    except FileNotFoundError:
+        return set(), ""
+    except (OSError, ValueError):
+        return set(), ""  # unreadable: nothing is known to be a run's own
+    if not isinstance(record, dict):
+        return set(), ""
+    if isinstance(record.get("files"), list):
+        own = set(map(str, record["files"]))
+    else:  # interrupted: everything but what was there before it
+        own = present - set(map(str, record.get("kept", [])))
+    return own & present, str(record.get("command", ""))
+
+
+def _listing(names: Iterable[str], limit: int = 5) -> str:
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _remove_empty_dirs(folder: Path, names: Iterable[str]) -> None:
+    parents = sorted({p for n in names for p in Path(n).parents if p != Path(".")}, key=lambda p: -len(p.parts))
+    for p in parents:
+        with contextlib.suppress(OSError):
+            (folder / p).rmdir()
+
+
+def _write_manifest(folder: Path, record: dict) -> None:
+    tmp = folder / f"{OUTPUTS_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, folder / OUTPUTS_FILE)
+
+
+@contextlib.contextmanager
+def output_folder(folder, what: str = "run", *, overwrite: bool = False, flag: str = "--out") -> Iterator[Path]:
+    """Holds `folder` (created when missing) for one run that writes its outputs there: see the
+    module docstring. Raises UserError for a `folder` that is a file, FolderNotEmpty for one that
+    holds files (unless `overwrite`), Locked for one in use."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file, not a folder: give a folder for the outputs")
+    with lock(folder, what=what):
+        present = _files(folder)
+        own, earlier = _earlier_run(folder, present)
+        foreign = present - own
+        if present and not overwrite:
+            if own:
+                text = (f"{flag} {folder} holds the outputs of an earlier run"
+                        + (f" ({earlier})" if earlier else "") + f": {len(own)} file(s), {_listing(own)}")
+                if foreign:
+                    text += f"; and {len(foreign)} other file(s): {_listing(foreign)}"
+            else:
+                text = f"{flag} {folder} is not empty: {len(foreign)} file(s), {_listing(foreign)}"
+            raise FolderNotEmpty(text + ". Nothing was changed. Give a new or empty folder, or --overwrite to "
+                                 "replace the earlier run's files (files no run of these commands recorded are kept).")
+        if own:
+            for name in sorted(own):
+                (folder / name).unlink(missing_ok=True)
+            _remove_empty_dirs(folder, own)
+            print(f"--overwrite: deleted the earlier run in {folder} ({len(own)} file(s): {_listing(own)})",
+                  file=sys.stderr, flush=True)
+        if foreign and overwrite:
+            print(f"--overwrite: kept {len(foreign)} file(s) in {folder} that no earlier run recorded: "
+                  f"{_listing(foreign)}", file=sys.stderr, flush=True)
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500] if sys.argv else ""
+        record = {"command": command, "what": what,
+                  "started": datetime.datetime.now().isoformat(timespec="seconds"), "kept": sorted(foreign)}
+        _write_manifest(folder, record)
+        try:
+            yield folder
+        finally:
+            written = _files(folder) - foreign
+            if written:
+                _write_manifest(folder, dict(record, files=sorted(written)))
+            else:  # a refused or failed run that wrote nothing leaves nothing (lock() removes a folder it made)
+                (folder / OUTPUTS_FILE).unlink(missing_ok=True)
 
 
 # -- the run record -------------------------------------------------------------------------------

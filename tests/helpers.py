@@ -120,12 +120,14 @@ class PageParser(html.parser.HTMLParser):
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.rows, self.skipped, self.links = [], [], []
-        self._row = None
+        self._row, self._cell = None, None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "tr" and attrs.get("class") in ("image", "skip"):
             self._row = {"kind": attrs["class"], "text": [], "href": [], "src": []}
+        if tag == "td" and self._row is not None:
+            self._cell = []
         for name in ("href", "src"):
             if name in attrs and not attrs[name].startswith("#"):
                 self.links.append(attrs[name])
@@ -133,10 +135,15 @@ class PageParser(html.parser.HTMLParser):
                     self._row[name].append(attrs[name])
 
     def handle_data(self, data):
-        if self._row is not None and data.strip():
-            self._row["text"].append(data.strip())
+        if self._cell is not None:
+            self._cell.append(data)
 
     def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            text = "".join(self._cell).strip()  # a cell's text, whatever <wbr> or <sup> split it
+            if text:
+                self._row["text"].append(text)
+            self._cell = None
         if tag == "tr" and self._row is not None:
             (self.rows if self._row["kind"] == "image" else self.skipped).append(self._row)
             self._row = None

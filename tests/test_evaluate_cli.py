@@ -267,3 +267,17 @@ def test_command_line_run_is_quiet_and_notes_first_frames(bench, tmp_path, check
         assert {row["name"]: row["note"] for row in csv.DictReader(f)} == {f"img{i}": note if i == 0 else ""
                                                                            for i in range(5)}
     assert note in (out / "report.md").read_text()
+
+
+def test_authentic_images_the_pairing_set_aside_are_scored_not_skipped(bench, tmp_path):
+    """A tagged layout (COVERAGE) sets its originals aside while pairing; given as the authentic
+    folder too, they are scored, and the page and report do not list them as skipped."""
+    pairs, _ = datasets.pair_images_and_masks(bench / "images", bench / "masks")
+    originals = datasets.list_authentic_images(bench / "authentic")
+    set_aside = [datasets.Skipped(str(p), "authentic by layout", "not_forged", "") for p in originals]
+    summary = evaluate.run_evaluation(perfect, pairs, originals, tmp_path / "out", evaluate.EvaluationOptions(),
+                                      skipped=set_aside, progress=False)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert summary["n_authentic"] == len(originals) and report["skipped"] == []
+    check_page(tmp_path / "out", len(pairs) + len(originals), [])
+    assert (tmp_path / "out" / "probability_colour_bar.png").is_file()  # the overlays' colour bar

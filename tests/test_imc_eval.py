@@ -153,6 +153,20 @@ def test_defaults_the_checkpoint_knows_come_from_it_and_the_report_says_what_was
     assert "| 1 | IMC-25 | 27 |" in out and taxonomy.LEVEL_NAMES_NOTE in out
 
 
+def test_a_checkpoint_without_its_settings_says_which_defaults_were_assumed(saved_model, folder, tmp_path,
+                                                                           monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(imc_eval, "DEFAULT_CROP", 16)  # small stand-ins for the trainer's defaults
+    monkeypatch.setattr(imc_eval, "DEFAULT_SAMPLES", 4)
+    directory = tmp_path / "converted"
+    checkpoint.save_model(directory, MODEL, saved_model[1])  # no flags.txt
+    run = imc_eval.evaluate_checkpoint(str(directory), str(folder), str(tmp_path / "out"), patch=PATCH,
+                                       batch_size=BATCH, progress=False)["run"]
+    assert run["settings_assumed"] == ["crop", "samples"] and run["settings_from_checkpoint"] == []
+    err = capsys.readouterr().err
+    assert "does not say what it was trained with" in err and "crop 16, 4 samples" in err and "--crop" in err
+
+
 def test_checkpoint_photo_folder_that_is_not_here_is_named(saved_model, tmp_path):
     directory = tmp_path / "run"
     checkpoint.save_model(directory, MODEL, saved_model[1])

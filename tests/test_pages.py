@@ -76,3 +76,55 @@ def test_the_page_is_rewritten_as_the_run_goes_and_marks_missing_images(tmp_path
     assert parsed.rows[0]["src"] == [] and "mask: missing or unreadable" in parsed.rows[0]["text"]
     for link in parsed.links:
         assert resolve_link(tmp_path, link).is_file()
+
+
+def test_the_table_fits_a_screen_with_the_longest_class_names_and_notes_show(tmp_path):
+    """No text cell holds an unbroken run longer than pages.CELL_MAX_CHARS (+ its footnote mark):
+    long class names are cut with a footnote that gives them whole, file names break at their
+    separators; a model-card note and an HTML legend are shown."""
+    import html as html_lib
+    import re
+
+    from mantra_jax.imc import taxonomy
+
+    out = tmp_path / "out"
+    longest = [max(taxonomy.class_names(level), key=len) for level in range(6)]
+    assert max(map(len, longest)) > 2 * pages.CELL_MAX_CHARS  # what the page must cope with
+    page = pages.RunPage(out, title="predict")
+    deep = tmp_path / "a_very_long_folder_name_without_spaces" / "another_long_folder_name" / "photo_0001_final.png"
+    for i, name in enumerate(longest):
+        page.add(pages.PageRow(str(deep.with_name(f"photo_{i}.png")), {}, score=i / 10,
+                               values={"dominant class": name, "its share": 0.5}))
+    page.add_note("Not a forensic tool: a test note.")
+    page.set_legend("Trace legend", [(name, (255, 0, 0), 0.1) for name in longest])
+    text = page.write().read_text(encoding="utf-8")
+
+    parsed = parse_page(out / "index.html")
+    for row in parsed.rows:
+        _, name_cell, _, class_cell, share_cell = row["text"]
+        assert max(len(word) for word in class_cell.split()) <= pages.CELL_MAX_CHARS + len("[9]")
+    cells = re.findall(r'<td class="name">(.*?)</td>', text)
+    assert len(cells) == len(longest)
+    for cell in cells:  # break opportunities: no run longer than a folder name between them
+        assert max(len(html_lib.unescape(part)) for part in cell.split("<wbr>")) <= 40
+    for name in longest:  # the whole name is on the page, in a footnote (or in its cell when short)
+        assert html_lib.escape(name) in text
+    assert '<p class="note">Not a forensic tool: a test note.</p>' in text
+    assert text.count('<span class="swatch"') == len(longest)
+    assert "max-width: 200px" in text  # four image columns and the text columns fit 1,400 pixels
+
+
+def test_relative_paths_are_the_command_lines_not_the_page_folders(tmp_path, monkeypatch):
+    """`predict --out try_it photos/a.png` run from some folder: every image shows."""
+    monkeypatch.chdir(tmp_path)
+    _png(Path("photos") / "a.png", 8, 8)
+    _png(Path("try_it") / "a_mask.png", 8, 8)
+    page = pages.RunPage(Path("try_it"), title="relative")
+    page.add(pages.PageRow("photos/a.png", {"photo": Path("photos/a.png"), "mask": Path("try_it/a_mask.png")}))
+    page.set_headline({}, figures=[_png(Path("try_it") / "bar.png", 4, 8)])
+    text = page.write().read_text(encoding="utf-8")
+    assert "missing or unreadable" not in text
+    parsed = parse_page(tmp_path / "try_it" / "index.html")
+    assert len(parsed.rows[0]["src"]) == 2
+    for link in parsed.links:
+        assert resolve_link(tmp_path / "try_it", link).is_file(), link

@@ -182,9 +182,11 @@ def test_mask_overlay_and_score():
     over = predict.overlay_image(grey, prob)
     assert over.shape == (2, 2, 3) and over.dtype == np.uint8
     over = over.astype(int)
-    # JET: a probability of 0 is blue, 1 is red; blended halfway over the grey photo.
-    assert over[0, 0, 2] > over[0, 0, 0] and over[1, 1, 0] > over[1, 1, 2]
-    assert np.all(np.abs(over - 100) <= 128)
+    # p = 0 leaves the photo untouched; the higher p, the more of the colour map's colour (viridis:
+    # yellow at 1, its red and green above its blue).
+    assert over[0, 0].tolist() == [100, 100, 100]
+    assert 0 < np.abs(over[0, 1] - 100).sum() < np.abs(over[1, 0] - 100).sum() < np.abs(over[1, 1] - 100).sum()
+    assert over[1, 1, 0] > over[1, 1, 2] and over[1, 1, 1] > over[1, 1, 2]
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +284,11 @@ def _cli(args, capsys):
 
 def test_images_in_the_output_folder_are_left_out_and_said_so(ckpt, tmp_path, capsys):
     _write(tmp_path / "photo.png", _photo()[..., ::-1])
-    status, err = _cli([ckpt, [str(tmp_path)], tmp_path], capsys)
+    with pytest.raises(UserError, match="is not empty: 1 file"):  # an input folder is no --out
+        predict.predict_folder(ckpt, [str(tmp_path)], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+    status = predict.predict_folder(ckpt, [str(tmp_path)], tmp_path, overwrite=True)
+    err = capsys.readouterr().err
     assert status == 1
     assert "1 image(s) left out because they lie in the output folder" in err
     assert "every image found lies in the output folder" in err and "another --out" in err

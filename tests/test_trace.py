@@ -93,27 +93,51 @@ def test_the_palette_is_fixed_and_distinct():
     assert not any((c == trace.UNCERTAIN_RGB).all() for c in colours)
 
 
+def test_confidence_is_the_share_of_the_way_from_chance_to_certainty():
+    k1, k5 = taxonomy.num_classes(1), taxonomy.num_classes(5)
+    np.testing.assert_allclose(trace.confidence([1 / k1, 1.0, 0.001], 1), [0.0, 1.0, 0.0], atol=1e-6)
+    # The same answer strength reads the same at every level: p = K^-0.65 gives 0.35 at any K.
+    np.testing.assert_allclose(trace.confidence([k1 ** -0.65], 1), [0.35], atol=1e-5)
+    np.testing.assert_allclose(trace.confidence([k5 ** -0.65], 5), [0.35], atol=1e-5)
+
+
 def test_trace_image_legend_and_summary(tmp_path):
     class_map = np.array([[0, 0, 0, 2], [0, 0, 1, 2]], np.int32)
-    top = np.array([[0.9, 0.9, 0.2, 0.9], [0.9, 0.9, 0.6, 0.4]], np.float32)
+    top = np.array([[1.0, 0.9, 0.2, 0.9], [0.9, 1 / 27, 0.6, 0.4]], np.float32)
     t = trace.TraceMap(class_map, top, 1)
+    # Without a photo: the class colour at full confidence, mid grey at chance or below the threshold.
     image = trace.trace_image(t, threshold=0.5)
-    assert image[0, 0].tolist() == trace.palette(1)[0].tolist()
-    assert image[1, 2].tolist() == trace.palette(1)[1].tolist()
-    assert image[0, 2].tolist() == list(trace.UNCERTAIN_RGB) == image[1, 3].tolist()
+    full = np.rint((1 - trace.TRACE_MAX_ALPHA) * np.asarray(trace.UNCERTAIN_RGB) + trace.TRACE_MAX_ALPHA
+                   * trace.palette(1)[0]).astype(np.uint8)
+    assert image[0, 0].tolist() == full.tolist()
+    assert image[0, 2].tolist() == list(trace.UNCERTAIN_RGB) == image[1, 3].tolist() == image[1, 1].tolist()
+    # Over a photo, drawn in grey: the photo alone where the model says nothing, the class colour
+    # the more opaque the surer it is.
+    photo = np.zeros((2, 4, 3), np.uint8)
+    photo[..., 0] = 200  # a red photo: grey level 60
+    grey = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)[0, 0]
+    over = trace.trace_image(t, rgb=photo).astype(int)
+    assert over[1, 1].tolist() == [grey] * 3  # at chance: the grey photo
+    colour = trace.palette(1)[0].astype(int)
+    assert np.abs(over[0, 0] - colour).sum() < np.abs(over[0, 1] - colour).sum() < np.abs(grey - colour).sum()
     path = tmp_path / trace.trace_png_name("a photo", 1)
-    trace.write_trace_png(path, t)
+    trace.write_trace_png(path, t, 0.5)
     read = cv2.cvtColor(cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(read, image)
     legend = trace.write_legend_png(tmp_path, 5)
     assert legend.name == "trace_legend_L5.png" and cv2.imdecode(np.fromfile(legend, np.uint8), 1).shape[1] > 1000
 
+    # The summary counts what the map shows: by default every pixel, with a threshold those above it.
     names = taxonomy.class_names(1)
-    row = trace.trace_summary(t, threshold=0.5)
+    row = trace.trace_summary(t)
     assert tuple(row) == trace.TRACE_SUMMARY_FIELDS
     assert row["trace_dominant"] == names[0] and row["trace_dominant_share"] == pytest.approx(5 / 8)
-    assert row["trace_others"] == f"{names[2]}=0.2500; {names[1]}=0.1250"
-    assert row["trace_below_threshold"] == pytest.approx(2 / 8)
+    assert row["trace_others"] == f"{names[2]}=0.2500; {names[1]}=0.1250" and row["trace_below_threshold"] == 0
+    row = trace.trace_summary(t, threshold=0.5)
+    assert row["trace_dominant"] == names[0] and row["trace_dominant_share"] == pytest.approx(3 / 8)
+    assert row["trace_others"] == f"{names[1]}=0.1250; {names[2]}=0.1250"
+    assert row["trace_below_threshold"] == pytest.approx(3 / 8)
+    assert trace.trace_summary(t, threshold=1.5)["trace_dominant"] == ""  # nothing drawn, nothing named
     with open(tmp_path / "summary.csv", "w", newline="") as f:  # flat: one csv row
         csv.DictWriter(f, fieldnames=trace.TRACE_SUMMARY_FIELDS).writerows([row])
 

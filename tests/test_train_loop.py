@@ -368,3 +368,23 @@ def test_train_step_logs_the_norm_before_clipping_and_scales_the_clipped_update(
     np.testing.assert_allclose(float(metrics["grad_norm"]), norm, rtol=1e-5)
     moved = np.asarray(state["params"]["imc"]["bias"]) - np.asarray(variables["params"]["imc"]["bias"])
     np.testing.assert_allclose(moved, -0.5 * np.asarray(grads["imc"]["bias"]) / 10, rtol=1e-4, atol=1e-7)
+
+
+def test_the_eta_leaves_the_compilation_out_and_the_run_ends_with_a_table(capsys):
+    import io
+    import time as time_lib
+
+    from experiments import common
+    from mantra_jax.metrics import progress as reporting
+
+    stream = io.StringIO()
+    bar = reporting.Progress(300, 16, stream=stream)
+    time_lib.sleep(0.05)  # the first step: compilation
+    first = bar.line(1, 1.9)
+    assert "steps/s" not in first and "ETA 2" not in first and "compilation included" in first
+    bar.reset_clock(1)
+    time_lib.sleep(0.01)
+    assert "ETA 0:0" in bar.line(2, 1.8)  # minutes at most, not hours from the compilation
+    common.finish({"val_loss": 1.23456, "L0_top1": 0.5, "step": 300})
+    out = capsys.readouterr().out
+    assert "final validation (step 300)" in out and "| val_loss | 1.2346 |" in out and "{" not in out

@@ -4,6 +4,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,7 +89,8 @@ def test_exit_on_user_error_is_one_line_and_status_2_but_bugs_keep_their_trace(c
 def test_predict_and_evaluate_refuse_an_output_folder_in_use(tmp_path):
     out = tmp_path / "out"
     with hold_lock(out) as pid:
-        for command in (["-m", "experiments.predict", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out),
+        shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "mantranet_small"
+        for command in (["-m", "experiments.predict", "--checkpoint", str(shipped), "--out", str(out),
                          str(tmp_path)],
                         ["-m", "experiments.evaluate", f"--from_stats={tmp_path}", f"--out={out}"]):
             proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=300)
@@ -96,3 +98,88 @@ def test_predict_and_evaluate_refuse_an_output_folder_in_use(tmp_path):
             assert f"in use by another" in proc.stderr and f"pid {pid}" in proc.stderr
             assert "Traceback" not in proc.stderr
         assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+# -- output folders: one rule for every command that writes an --out folder ---------------------
+def _run_into(folder, files, *, overwrite=False, fail=False):
+    with workdir.output_folder(folder, "test run", overwrite=overwrite):
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        if fail:
+            raise UserError("refused")
+
+
+def test_an_output_folder_is_never_left_half_old_half_new(tmp_path, capsys):
+    out = tmp_path / "out"
+    _run_into(out, {"summary.csv": "first", "a_mask.png": "a", "thumbs/a.jpg": "t"})
+    assert json.loads((out / workdir.OUTPUTS_FILE).read_text())["files"] == ["a_mask.png", "summary.csv",
+                                                                             "thumbs/a.jpg"]
+    # A second run is refused, naming what is there, and changes nothing.
+    with pytest.raises(workdir.FolderNotEmpty, match=r"outputs of an earlier run.*3 file\(s\).*--overwrite"):
+        _run_into(out, {"summary.csv": "second"})
+    assert (out / "summary.csv").read_text() == "first" and (out / "a_mask.png").exists()
+    # --overwrite replaces the earlier run whole: its files go (it says so), a user's file stays.
+    (out / "my_notes.txt").write_text("mine")
+    capsys.readouterr()
+    _run_into(out, {"summary.csv": "second", "b_mask.png": "b"}, overwrite=True)
+    err = capsys.readouterr().err
+    assert "deleted the earlier run" in err and "kept 1 file(s)" in err and "my_notes.txt" in err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        workdir.OUTPUTS_FILE, "b_mask.png", "my_notes.txt", "summary.csv"]
+    assert (out / "summary.csv").read_text() == "second"
+    record = json.loads((out / workdir.OUTPUTS_FILE).read_text())
+    assert record["files"] == ["b_mask.png", "summary.csv"] and record["kept"] == ["my_notes.txt"]
+
+
+def test_an_output_folder_of_other_files_or_an_interrupted_run(tmp_path):
+    photos = tmp_path / "photos"  # e.g. an input folder given as --out
+    photos.mkdir()
+    (photos / "a.png").write_text("photo")
+    with pytest.raises(workdir.FolderNotEmpty, match=r"is not empty: 1 file\(s\), a.png"):
+        _run_into(photos, {"index.html": "page"})
+    assert sorted(p.name for p in photos.iterdir()) == ["a.png"]
+    # A run killed mid-way leaves its start record: the next run tells its files from the others.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    (out / workdir.OUTPUTS_FILE).write_text(json.dumps({"command": "predict", "kept": ["mine.txt"]}))
+    (out / "half.png").write_text("half")
+    with pytest.raises(workdir.FolderNotEmpty, match=r"earlier run \(predict\): 1 file\(s\), half.png"):
+        _run_into(out, {})
+    _run_into(out, {"whole.png": "w"}, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [workdir.OUTPUTS_FILE, "mine.txt", "whole.png"]
+
+
+def test_a_refused_run_leaves_no_output_folder(tmp_path):
+    out = tmp_path / "new" / "out"
+    with pytest.raises(UserError, match="refused"):
+        _run_into(out, {}, fail=True)
+    assert not out.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        _run_into(tmp_path / "file", {})
+
+
+def test_every_output_command_refuses_a_folder_with_files(tmp_path):
+    """The rule at the command line: one error line, exit 2, the folder untouched (and a refused run
+    never creates its --out)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("earlier")
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints"
+    for module, extra in (("evaluate", [f"--from_stats={tmp_path}"]),
+                          ("evaluate_imc", [f"--checkpoint={shipped / 'imc_small'}"]),
+                          ("kcmi", [f"--checkpoint={shipped / 'imc_small'}", f"--data_dir={tmp_path}"]),
+                          ("sensitivity", [f"--checkpoint={shipped / 'mantranet_small'}"]),
+                          ("export", [f"--checkpoint={shipped / 'mantranet_small'}"])):
+        proc = subprocess.run([sys.executable, "-m", f"experiments.{module}", *extra, f"--out={out}"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, (module, proc.stderr)
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --out {out} is not empty"), (module, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["report.md"]
+    missing = tmp_path / "never"
+    proc = subprocess.run([sys.executable, "-m", "experiments.predict", f"--checkpoint={tmp_path}",
+                           f"--out={missing}", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "cannot use the checkpoint" in proc.stderr and not missing.exists()

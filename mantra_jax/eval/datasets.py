@@ -489,7 +489,8 @@ def fit_mask(mask_HxW: np.ndarray, image_shape: Iterable[int], *, resize: bool, 
         return mask_HxW
     if not resize:
         raise UnusableSample(f"{name}: size mismatch, image {height}x{width}, mask "
-                             f"{mask_HxW.shape[0]}x{mask_HxW.shape[1]} (resize with --resize_masks)",
+                             f"{mask_HxW.shape[0]}x{mask_HxW.shape[1]} (--resize_masks stretches such masks to the "
+                             "image, which is right only when the image was scaled, not cropped)",
                              "size mismatch")
     return cv2.resize(mask_HxW, (width, height), interpolation=cv2.INTER_NEAREST)
 

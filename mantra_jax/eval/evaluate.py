@@ -89,6 +89,9 @@ def _new_page(out_dir: Path, metadata: dict | None, skipped: Sequence[dict] = ()
                             str(run.get("recomputed_from", "predictions")))
     page = pages.RunPage(out_dir, title=title, image_columns=("photo", "ground truth", "overlay", "mask"),
                          value_columns=[label for label, _ in PAGE_VALUES])
+    caveat = provenance.card_caveat(run.get("checkpoint"))
+    if caveat:
+        page.add_note(caveat)
     for s in skipped:
         _page_skip(page, s)
     return page
@@ -102,6 +105,11 @@ def _page_row(page: pages.RunPage, row: dict, options: EvaluationOptions, shown:
     values = {label: kind if key is None else row.get(key) for label, key in PAGE_VALUES}
     page.add(pages.PageRow(row.get("image") or row["name"], shown, score=row.get(f"image_score_{options.image_score}"),
                            values=values))
+
+
+def _colour_bar(out_dir: Path) -> Path:
+    """The colour bar of the overlays and panels (plots.PROBABILITY_COLORMAP), as predict writes it."""
+    return plots.write_colour_bar(out_dir)
 
 
 def _write_maps(folder: Path, k: int, name: str, rgb: np.ndarray, prob: np.ndarray) -> dict:
@@ -169,6 +177,9 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
     pairs = list(pairs)[: options.max_images or None]
     authentic_paths = None if authentic_paths is None else list(authentic_paths)[: options.max_images or None]
     skipped = [s.to_dict() if isinstance(s, datasets.Skipped) else dict(s) for s in skipped]
+    if authentic_paths:  # images the pairing set aside as authentic, scored here as such, are not skipped
+        scored = {Path(p).resolve() for p in authentic_paths}
+        skipped = [s for s in skipped if not (s.get("kind") == "not_forged" and Path(s["path"]).resolve() in scored)]
     panels = plots.BestWorstPanels(options.n_panels)
     notes = []
 
@@ -251,7 +262,7 @@ def run_evaluation(predict_fn: PredictFn, pairs: Sequence[datasets.Pair], authen
     pixel_metrics.save_stats(out_dir / "stats.npz", stats, bins=options.bins)
 
     summary = _finish(out_dir, stats, authentic_stats, rows, skipped, options, metadata, notes)
-    page.set_headline(_headline(summary), figures=panels.write(out_dir / "panels"))
+    page.set_headline(_headline(summary), figures=panels.write(out_dir / "panels") + [_colour_bar(out_dir)])
     page.write()
     return summary
 

@@ -11,6 +11,7 @@ selection.
 from __future__ import annotations
 
 import json
+import sys
 
 from collections.abc import Callable
 from typing import Optional
@@ -113,7 +114,8 @@ def evaluate_checkpoint(checkpoint, data_dir: Optional[str], out_dir, *, split: 
 
     What the checkpoint knows is the default: `data_dir`, `samples` and `crop` left None come from
     the trainer's flags.txt (--data_dir, --val_samples, --crop), else the bundled photos,
-    DEFAULT_SAMPLES and DEFAULT_CROP; the report's "run" entry lists those taken from it."""
+    DEFAULT_SAMPLES and DEFAULT_CROP; the report's "run" entry lists those taken from it
+    (settings_from_checkpoint) and those assumed (settings_assumed, also said on stderr)."""
     from mantra_jax.data import bundled, photos  # noqa: PLC0415
     from mantra_jax.nn import config  # noqa: PLC0415
     from mantra_jax import checkpoint as checkpoint_lib  # noqa: PLC0415
@@ -124,6 +126,14 @@ def evaluate_checkpoint(checkpoint, data_dir: Optional[str], out_dir, *, split: 
     settings, taken = provenance.settings_from_checkpoint(
         checkpoint, {"crop": crop, "samples": samples, "data_dir": data_dir}, TRAINER_FLAGS,
         {"crop": DEFAULT_CROP, "samples": DEFAULT_SAMPLES, "data_dir": ""})
+    assumed = [name for name, value in (("crop", crop), ("samples", samples), ("data_dir", data_dir))
+               if value is None and name not in taken]
+    if assumed:  # a checkpoint that does not say what it was trained with (converted weights)
+        shown = {"crop": f"crop {settings['crop']}", "samples": f"{settings['samples']} samples",
+                 "data_dir": "the bundled photos"}
+        print(f"note: {checkpoint} does not say what it was trained with (no {provenance.RUN_FLAGS_FILE}); "
+              f"assumed the trainer's defaults: {', '.join(shown[n] for n in assumed)}. Pass "
+              f"{', '.join('--' + n for n in assumed)} to score it as it was trained.", file=sys.stderr, flush=True)
     folder = settings["data_dir"] or bundled.default_photo_dir()
     index = photos.build_patch_index(folder, patch=patch)
     cfg, variables, record = checkpoint_lib.load_model_at(checkpoint, step)
@@ -139,6 +149,7 @@ def evaluate_checkpoint(checkpoint, data_dir: Optional[str], out_dir, *, split: 
         crop=settings["crop"], seed=seed, dtype=config.dtype(precision), progress=progress_fn if progress else None)
     usage = sample_usage(index, split=split, n_samples=settings["samples"], seed=seed, crop=settings["crop"])
     run_info = dict(record, data_dir=str(folder), split=split, samples=settings["samples"], **usage, patch=patch,
-                    crop=settings["crop"], seed=seed, precision=precision, settings_from_checkpoint=taken)
+                    crop=settings["crop"], seed=seed, precision=precision, settings_from_checkpoint=taken,
+                    settings_assumed=assumed)
     path = imc_metrics.write_report(out_dir, summary, sums, level, run=run_info)
     return json.loads(path.read_text())

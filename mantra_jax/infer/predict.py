@@ -14,7 +14,8 @@ From Python (e.g. a notebook), load once and predict many times:
     python -m experiments.predict [--checkpoint DIR] --trace_checkpoint IMC_DIR [--trace_level 1] --out OUTDIR ...
 
 writes for each image OUTDIR/<output>_mask.png (round(255 p), 8-bit grey), OUTDIR/<output>_overlay.png
-(a JET heat map blended over the photo), with --npy OUTDIR/<output>.npy (float32 H x W), and one row
+(the probability colour map over the photo, opaque where p is high, the photo itself
+where p = 0; OUTDIR/probability_colour_bar.png is its colour bar, plots.write_colour_bar), with --npy OUTDIR/<output>.npy (float32 H x W), and one row
 of OUTDIR/summary.csv: file, output (the name of its outputs: the stem, with "-2", "-3", ...
 appended when inputs share a stem), height, width, score (the mean likelihood, the paper's image
 score), seconds (reading and predicting; the first image of each tile size includes compilation),
@@ -29,7 +30,7 @@ step read (--step best | latest | N) and why, the model configuration and the co
 
 With an IMC checkpoint (`trace_checkpoint`, beside the mask checkpoint or alone) each image also
 gets OUTDIR/<output>_trace_L<k>.png, its manipulation map at hierarchy level k
-(mantra_jax/infer/trace.py: palette, threshold grey), the folder one trace_legend_L<k>.png, and
+(mantra_jax/infer/trace.py: class colours over the grey photo, shaded by confidence), the folder one trace_legend_L<k>.png, and
 summary.csv the columns trace.TRACE_SUMMARY_FIELDS (dominant class, its share, the next classes);
 run.json records the IMC checkpoint under "trace". Without a mask checkpoint the mask, overlay
 and score are left out. When the mask model's Featex is the IMC model's, Featex runs once.
@@ -67,8 +68,9 @@ from mantra_jax import provenance
 from mantra_jax import workdir
 from mantra_jax.data import images
 from mantra_jax.errors import UserError
+from mantra_jax.imc import taxonomy
 from mantra_jax.metrics.progress import ProgressLine
-from mantra_jax.metrics import pages
+from mantra_jax.metrics import pages, plots
 from mantra_jax.nn import featex, model, tiled
 from mantra_jax.nn.config import ModelConfig
 
@@ -77,7 +79,6 @@ from mantra_jax.nn.config import ModelConfig
 # model on a 2-core CPU: benchmarks/README.md, compile_cost.py) and peaks at about 5.2 KB per pixel
 # for the released model (benchmarks/tiled_memory.py).
 DEFAULT_MAX_UNTILED_PIXELS = 0
-OVERLAY_ALPHA = 0.5
 SUMMARY_FIELDS = ("file", "output", "height", "width", "score", "seconds", "note")
 PAGE_INTERVAL_S = 10.0  # index.html is rewritten at most this often during a run (and at the end)
 
@@ -219,11 +220,11 @@ def mask_image(prob_HxW) -> np.ndarray:
     return np.rint(np.clip(np.asarray(prob_HxW, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def overlay_image(rgb_HxWx3, prob_HxW, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """A JET heat map of the probabilities (blue 0, red 1) blended over the photo, uint8 RGB."""
-    heat = cv2.cvtColor(cv2.applyColorMap(mask_image(prob_HxW), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    blend = (1.0 - alpha) * rgb_HxWx3.astype(np.float32) + alpha * heat.astype(np.float32)
-    return np.rint(blend).astype(np.uint8)
+def overlay_image(rgb_HxWx3, prob_HxW) -> np.ndarray:
+    """The probabilities over the photo, uint8 RGB: the colour map of every probability figure
+    (plots.PROBABILITY_COLORMAP) with an opacity that grows with the probability, so that a pixel
+    the model calls pristine (p = 0) keeps the photo's own colour (plots.probability_overlay)."""
+    return plots.probability_overlay(rgb_HxWx3, prob_HxW)
 
 
 def image_score(prob_HxW) -> float:
@@ -293,21 +294,34 @@ def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.S
                    precision: str = "float32", tile: Optional[int] = None,
                    max_untiled_pixels: int = DEFAULT_MAX_UNTILED_PIXELS, npy: bool = False,
                    max_pixels: int = images.DEFAULT_MAX_PIXELS, trace_checkpoint=None, trace_level: Optional[int] = None,
-                   trace_threshold: Optional[float] = None) -> int:
+                   trace_threshold: Optional[float] = None, overwrite: bool = False) -> int:
     """Predicts every image of `inputs` (files or folders) into the folder `out` (see the module
     docstring for what is written): masks with the ManTra-Net `checkpoint`, manipulation maps at
     `trace_level` with the IMC `trace_checkpoint`, or both (either may be None, not both);
     None for the level or the threshold: trace.DEFAULT_LEVEL, trace.DEFAULT_THRESHOLD.
     Returns 0 when at least one image was processed, else 1; raises UserError for an `out` that
-    is a file or in use and for a missing, unusable or wrong-kind checkpoint."""
+    is a file, in use, or holds files (unless `overwrite`: mantra_jax.workdir.output_folder) and
+    for a missing, unusable or wrong-kind checkpoint (before `out` is touched)."""
     if checkpoint is None and trace_checkpoint is None:
         raise UserError("give a ManTra-Net checkpoint (--checkpoint) for forgery masks, an IMC checkpoint "
                         "(--trace_checkpoint) for manipulation maps, or both")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: give a folder for the outputs")
-    out.mkdir(parents=True, exist_ok=True)
-    with workdir.lock(out, what="predict run"):  # a second run writing this folder is refused
+    predictor = tracer = None  # loaded before the folder is touched: a refused run changes nothing
+    if checkpoint is not None:
+        predictor = _load(Predictor, checkpoint, "checkpoint", "ladn", step=step, dtype=precision, tile=tile,
+                          max_untiled_pixels=max_untiled_pixels)
+    if trace_checkpoint is not None:
+        from mantra_jax.infer import trace  # noqa: PLC0415  (trace imports this module)
+
+        trace_level = trace.DEFAULT_LEVEL if trace_level is None else trace_level
+        trace_threshold = trace.DEFAULT_THRESHOLD if trace_threshold is None else trace_threshold
+        tracer = _load(trace.Tracer, trace_checkpoint, "trace checkpoint", "imc", step=step, level=trace_level,
+                       dtype=precision, tile=tile, max_untiled_pixels=max_untiled_pixels)
+    # One rule for every output folder (workdir.output_folder): a folder holding files is refused unless
+    # `overwrite`, which replaces the earlier run's files; a second run writing it is refused.
+    with workdir.output_folder(out, what="predict run", overwrite=overwrite):
         files, skipped, any_folder, n_excluded = collect_inputs(inputs, exclude=out)
         for path, reason in skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -323,17 +337,6 @@ def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.S
             _write_skipped(out, skipped)
             _page(out, checkpoint, trace_checkpoint, skipped).write()
             return 1
-        predictor = tracer = None
-        if checkpoint is not None:
-            predictor = _load(Predictor, checkpoint, "checkpoint", "ladn", step=step, dtype=precision, tile=tile,
-                              max_untiled_pixels=max_untiled_pixels)
-        if trace_checkpoint is not None:
-            from mantra_jax.infer import trace  # noqa: PLC0415  (trace imports this module)
-
-            trace_level = trace.DEFAULT_LEVEL if trace_level is None else trace_level
-            trace_threshold = trace.DEFAULT_THRESHOLD if trace_threshold is None else trace_threshold
-            tracer = _load(trace.Tracer, trace_checkpoint, "trace checkpoint", "imc", step=step, level=trace_level,
-                           dtype=precision, tile=tile, max_untiled_pixels=max_untiled_pixels)
         return _predict_into(predictor, tracer, files, skipped, any_folder, out, npy=npy, max_pixels=max_pixels,
                              threshold=trace_threshold, page=_page(out, checkpoint, trace_checkpoint, skipped))
 
@@ -362,6 +365,9 @@ def _page(out: Path, checkpoint, trace_checkpoint, skipped) -> pages.RunPage:
     models = [f"mask {checkpoint}" if checkpoint is not None else "",
               f"trace {trace_checkpoint}" if trace_checkpoint is not None else ""]
     page = pages.RunPage(out, title="predict: " + ", ".join(m for m in models if m))
+    caveat = provenance.card_caveat(checkpoint, trace_checkpoint)
+    if caveat:
+        page.add_note(caveat)
     for path, reason in skipped:
         page.skip(path, reason)
     return page
@@ -373,6 +379,10 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
     if predictor is not None:
         print(provenance.describe(predictor.provenance), file=sys.stderr)
     fields = SUMMARY_FIELDS
+    headline, figures = {}, []
+    if predictor is not None:
+        figures.append(plots.write_colour_bar(out))
+    trace_counts = None
     if tracer is not None:
         from mantra_jax.infer import trace  # noqa: PLC0415
 
@@ -383,7 +393,18 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
               + (", Featex shared with the mask model" if both and both.shared else ""), file=sys.stderr)
         fields = SUMMARY_FIELDS + trace.TRACE_SUMMARY_FIELDS
         legend = trace.write_legend_png(out, tracer.level, threshold)
-        page.set_headline({"trace level": tracer.level, "trace threshold": threshold}, figures=[legend])
+        headline["trace level"] = tracer.level
+        if threshold > 0:
+            headline["trace threshold"] = threshold
+        trace_counts = np.zeros(len(trace.palette(tracer.level)), np.int64)
+
+        def set_legend():
+            names, colours, total = taxonomy.class_names(tracer.level), trace.palette(tracer.level), trace_counts.sum()
+            order = sorted(np.flatnonzero(trace_counts), key=lambda i: (-trace_counts[i], i))
+            page.set_legend(f"Trace legend, level {tracer.level} (share of the maps' pixels; opacity: confidence)",
+                            [(f"{i} {names[i]}", colours[i], trace_counts[i] / total) for i in order], legend)
+    if headline or figures:
+        page.set_headline(headline, figures=figures)
     (out / "run.json").write_text(json.dumps(record, indent=1))
     progress = ProgressLine(len(files), "predict", min_interval_s=0.0) if any_folder or len(files) > 1 else None
     say = progress.message if progress is not None else lambda t: print(t, file=sys.stderr)
@@ -428,9 +449,11 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
                 values = {}
                 if trace_map is not None:
                     trace_png = out / trace.trace_png_name(stem, trace_map.level)
-                    trace.write_trace_png(trace_png, trace_map, threshold)
+                    trace.write_trace_png(trace_png, trace_map, threshold, rgb)
                     shown["trace"] = trace_png
                     traced = trace.trace_summary(trace_map, threshold)
+                    trace_counts += trace.class_counts(trace_map, threshold)
+                    set_legend()
                     row += [traced[k] for k in trace.TRACE_SUMMARY_FIELDS]
                     values = {"dominant class": traced["trace_dominant"],
                               "its share": traced["trace_dominant_share"]}
@@ -452,12 +475,9 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
 
 
 def _write_skipped(out: Path, skipped):
-    path = out / "skipped.csv"
     if not skipped:
-        if path.exists():
-            os.remove(path)  # a stale list from an earlier run would be misleading
         return
-    with open(path, "w", newline="") as f:
+    with open(out / "skipped.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("file", "error"))
         writer.writerows(skipped)

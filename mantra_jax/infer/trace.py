@@ -2,7 +2,7 @@
 
     tracer = Tracer.from_checkpoint("runs/imc", level=1)
     trace = tracer.trace(rgb_uint8_HxWx3)             # TraceMap: class id and top probability per pixel
-    write_trace_png(out / trace_png_name(stem, 1), trace)
+    write_trace_png(out / trace_png_name(stem, 1), trace, rgb=rgb_uint8_HxWx3)   # over the photo
     write_legend_png(out, 1)                          # trace_legend_L1.png, once per folder
     row.update(trace_summary(trace))                  # TRACE_SUMMARY_FIELDS, flat: one csv row
 
@@ -34,8 +34,15 @@ Palette. Class i of any level is drawn in colour i of one fixed sequence (`palet
 without randomness or hashing: a greedy farthest-point choice over the 16^3 RGB lattice (steps
 of 17), skipping low-chroma and dark colours, in an integer "redmean" colour distance, starting from the
 uncertainty grey. Its first 27 colours (level 1) are far apart; at levels 4-5 neighbours get
-close, which the legend resolves. Pixels whose top probability is below the threshold (default
-0.5: more likely than all other classes together) are drawn in UNCERTAIN_RGB.
+close, which the legend resolves.
+
+Drawing. The map is drawn over the photo (in grey, so that colour means a class): each pixel's
+class colour with an opacity that grows with the model's `confidence`, log(p K) / log(K) for its
+top probability p among the level's K classes (none at chance, full at certainty), so that a map
+shows the model's answer and how sure it is at every level, for a small model as for a large one.
+A fixed probability threshold would not: the shipped small IMC model's top level-1 probability
+stays near 0.1 (chance: 1/27), and 0.5 left its maps blank. `threshold` (default 0) still leaves
+the pixels below it uncoloured; the summary counts what the map shows.
 """
 from __future__ import annotations
 
@@ -57,8 +64,9 @@ from mantra_jax.nn import featex, ladn, model, tiled
 from mantra_jax.nn.config import ModelConfig
 
 DEFAULT_LEVEL = 1
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.0  # every pixel shows its class, shaded by confidence (`confidence`)
 UNCERTAIN_RGB = (128, 128, 128)
+TRACE_MAX_ALPHA = 0.9  # the opacity of a class colour at full confidence
 # The summary lists classes after the dominant one until these cover this share of the pixels.
 SUMMARY_COVERAGE = 0.95
 SUMMARY_MAX_OTHERS = 5
@@ -341,15 +349,34 @@ def palette(level) -> np.ndarray:
     return _palette_sequence()[: taxonomy.num_classes(level)]
 
 
-def trace_image(trace: TraceMap, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """uint8 H x W x 3 RGB: each pixel in its class's colour, UNCERTAIN_RGB where the top
-    probability is below `threshold`."""
-    rgb = palette(trace.level)[trace.class_map]
-    return np.where((trace.top_prob < threshold)[..., None], np.asarray(UNCERTAIN_RGB, np.uint8), rgb)
+def confidence(top_prob, level) -> np.ndarray:
+    """How far a pixel's top probability p is from a uniform guess, in [0, 1]: log(p K) / log(K) for
+    the K classes of `level` (0 at chance, p = 1/K; 1 at certainty). The same share of the way from
+    chance to certainty means the same at every level, where p itself does not: a small model's
+    top level-1 probability of 0.12 (K = 27) and level-5 one of 0.016 (K = 380) both give 0.35."""
+    k = taxonomy.num_classes(level)
+    p = np.clip(np.asarray(top_prob, np.float32), 1.0 / k, 1.0)
+    return (np.log(p * k) / np.log(k)).astype(np.float32)
 
 
-def write_trace_png(path, trace: TraceMap, threshold: float = DEFAULT_THRESHOLD) -> None:
-    predict.write_png(path, trace_image(trace, threshold))
+def trace_image(trace: TraceMap, threshold: float = DEFAULT_THRESHOLD, rgb=None) -> np.ndarray:
+    """uint8 H x W x 3 RGB: each pixel's class colour over the photo `rgb` (drawn in grey, so that
+    only the classes carry colour; UNCERTAIN_RGB without a photo), with an opacity of
+    TRACE_MAX_ALPHA x its `confidence`; pixels whose top probability is below `threshold` show the
+    grey photo alone."""
+    colours = palette(trace.level)[trace.class_map].astype(np.float32)
+    if rgb is None:
+        base = np.broadcast_to(np.asarray(UNCERTAIN_RGB, np.float32), colours.shape)
+    else:
+        grey = cv2.cvtColor(images.to_rgb_uint8(rgb, "image array"), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        base = np.repeat(grey[..., None], 3, axis=-1)
+    alpha = TRACE_MAX_ALPHA * confidence(trace.top_prob, trace.level)
+    alpha = np.where(trace.top_prob < threshold, 0.0, alpha)[..., None]
+    return np.rint((1.0 - alpha) * base + alpha * colours).astype(np.uint8)
+
+
+def write_trace_png(path, trace: TraceMap, threshold: float = DEFAULT_THRESHOLD, rgb=None) -> None:
+    predict.write_png(path, trace_image(trace, threshold, rgb))
 
 
 def legend_image(level, threshold: float = DEFAULT_THRESHOLD, rows_per_column: int = 48) -> np.ndarray:
@@ -359,20 +386,29 @@ def legend_image(level, threshold: float = DEFAULT_THRESHOLD, rows_per_column: i
     names = taxonomy.class_names(level)
     entries = [(f"{i}  {name}", tuple(int(v) for v in colour)) for i, (name, colour) in
                enumerate(zip(names, palette(level)))]
-    entries.append((f"top probability below {threshold:g}", UNCERTAIN_RGB))
+    if threshold > 0:
+        entries.append((f"top probability below {threshold:g}: the photo alone", UNCERTAIN_RGB))
     font, scale, line, swatch, pad = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 18, 12, 8
     title = (f"manipulation trace, level {level} ({taxonomy.LEVEL_NAMES[level]}, the paper's name; "
              f"{len(names)} classes)")
+    shading = (f"opacity = confidence log(p K)/log K: none at chance (p = 1/{len(names)}), full at p = 1")
     columns = [entries[i : i + rows_per_column] for i in range(0, len(entries), rows_per_column)]
     widths = [swatch + 6 + max(cv2.getTextSize(text, font, scale, 1)[0][0] for text, _ in col) + 2 * pad
               for col in columns]
-    width = max(sum(widths) + pad, cv2.getTextSize(title, font, scale, 1)[0][0] + 2 * pad)
-    height = line * (1 + min(rows_per_column, len(entries))) + 2 * pad
+    width = max(sum(widths) + pad, cv2.getTextSize(title, font, scale, 1)[0][0] + 2 * pad,
+                cv2.getTextSize(shading, font, scale, 1)[0][0] + 2 * pad)
+    height = line * (3 + min(rows_per_column, len(entries))) + 2 * pad
     image = np.full((height, width, 3), 255, np.uint8)
     cv2.putText(image, title, (pad, pad + 12), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    # The shading: the first class's colour from no confidence to full, over mid grey.
+    ramp = np.linspace(0.0, TRACE_MAX_ALPHA, 160, dtype=np.float32)[None, :, None]
+    strip = (1 - ramp) * np.asarray(UNCERTAIN_RGB, np.float32) + ramp * palette(level)[0].astype(np.float32)
+    y = pad + line + 4
+    image[y : y + swatch, pad : pad + 160] = np.rint(np.repeat(strip, swatch, axis=0)).astype(np.uint8)
+    cv2.putText(image, shading, (pad, y + swatch + 14), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
     x = pad
     for col, col_width in zip(columns, widths):
-        for row, (text, colour) in enumerate(col, start=1):
+        for row, (text, colour) in enumerate(col, start=3):  # below the title and the shading
             y = pad + row * line
             cv2.rectangle(image, (x, y + 2), (x + swatch, y + 2 + swatch), colour, -1)
             cv2.putText(image, text, (x + swatch + 6, y + 12), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
@@ -387,23 +423,31 @@ def write_legend_png(folder, level, threshold: float = DEFAULT_THRESHOLD) -> Pat
     return path
 
 
-def class_shares(trace: TraceMap) -> list[tuple[str, float]]:
-    """(class name, share of the image's pixels) of every class that is some pixel's argmax, by
-    decreasing share (equal shares by class id)."""
+def class_counts(trace: TraceMap, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Pixels per class of the trace's level, counting those the map draws in a class colour (top
+    probability at least `threshold`)."""
+    shown = trace.class_map[trace.top_prob >= threshold]
+    return np.bincount(shown.ravel(), minlength=taxonomy.num_classes(trace.level))
+
+
+def class_shares(trace: TraceMap, threshold: float = DEFAULT_THRESHOLD) -> list[tuple[str, float]]:
+    """(class name, share of the image's pixels) of every class the map draws (some pixel's argmax
+    with a top probability at least `threshold`), by decreasing share (equal shares by class id)."""
     names = taxonomy.class_names(trace.level)
-    counts = np.bincount(trace.class_map.ravel(), minlength=len(names))
+    counts = class_counts(trace, threshold)
     order = sorted(np.flatnonzero(counts), key=lambda i: (-counts[i], i))
     return [(names[i], float(counts[i]) / trace.class_map.size) for i in order]
 
 
 def trace_summary(trace: TraceMap, threshold: float = DEFAULT_THRESHOLD, coverage: float = SUMMARY_COVERAGE,
                   max_others: int = SUMMARY_MAX_OTHERS) -> dict:
-    """One flat row (keys TRACE_SUMMARY_FIELDS) for summary.csv. Shares count every pixel by its
-    argmax class, whatever its probability (so they do not depend on the display threshold);
-    trace_below_threshold is the share drawn grey. trace_others lists the next classes, at most
-    `max_others`, until they and the dominant one cover `coverage` of the pixels, as
-    "name=share; name=share" (class names hold no "=" nor ";")."""
-    shares = class_shares(trace)
+    """One flat row (keys TRACE_SUMMARY_FIELDS) for summary.csv, saying what the map shows: shares
+    count the pixels drawn in each class colour (top probability at least `threshold`; all of
+    them at the default 0) as shares of the image; trace_below_threshold is the share left
+    uncoloured, and the dominant class is empty when that is every pixel. trace_others lists the
+    next classes, at most `max_others`, until they and the dominant one cover `coverage` of the
+    pixels, as "name=share; name=share" (class names hold no "=" nor ";")."""
+    shares = class_shares(trace, threshold) or [("", 0.0)]
     dominant, dominant_share = shares[0]
     others, covered = [], dominant_share
     for name, share in shares[1:]:

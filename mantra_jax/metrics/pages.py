@@ -26,6 +26,7 @@ import dataclasses
 import html
 import math
 import os
+import re
 import time
 import urllib.parse
 from pathlib import Path
@@ -45,23 +46,36 @@ THUMBS_DIR = "thumbs"
 THUMB_MAX_SIDE = 256
 THUMB_JPEG_QUALITY = 85
 
+# Cell texts longer than this are cut with an ellipsis and a footnote that gives them whole (e.g.
+# the level-1 class "JPEGDoubleCompress:Q36/74,Q53/40,..."), so that no text cell pushes the
+# images off a 1,400-pixel screen; file names wrap anywhere instead.
+CELL_MAX_CHARS = 24
+
 _STYLE = """
-body { font-family: sans-serif; margin: 1em; }
+body { font-family: sans-serif; margin: 1em; max-width: 100%; }
 table { border-collapse: collapse; }
-td, th { border: 1px solid #ccc; padding: 4px; vertical-align: top; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 256px; max-height: 256px; }
-img.figure { max-width: 480px; max-height: 360px; }
-.name { min-width: 12em; max-width: 20em; overflow-wrap: anywhere; }
+td, th { border: 1px solid #ccc; padding: 4px; vertical-align: top; text-align: left; overflow-wrap: anywhere; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; overflow-wrap: normal; white-space: nowrap; }
+table.images img { max-width: 200px; max-height: 200px; }
+img.figure { max-width: 640px; max-height: 360px; }
+.name { min-width: 8em; max-width: 14em; overflow-wrap: anywhere; }
+td.value { max-width: 14em; }
 nav b, nav a { margin-right: 1em; }
+p.note { background: #fff3cd; border: 1px solid #e0c060; padding: 0.5em; max-width: 60em; }
+ul.legend { list-style: none; padding: 0; columns: 18em; max-width: 100%; }
+ul.legend li { margin: 2px 0; break-inside: avoid; overflow-wrap: anywhere; }
+.swatch { display: inline-block; width: 1em; height: 1em; border: 1px solid #888; vertical-align: middle;
+          margin-right: 0.4em; }
+ol.footnotes { font-size: 0.9em; }
 """
 
 
 @dataclasses.dataclass
 class PageRow:
     """One image: `name` as shown (its input path); `images`, column -> image file (absolute, or
-    relative to the page's folder; None: an empty cell); `score`, the image score; `values`,
-    further columns (evaluate: per-image AUC and F1; a trace: its dominant class)."""
+    relative to the current directory, as given on the command line; None: an empty cell);
+    `score`, the image score; `values`, further columns (evaluate: per-image AUC and F1; a trace:
+    its dominant class)."""
 
     name: str
     images: Mapping[str, Any]
@@ -88,9 +102,35 @@ def _format(value) -> str:
     return str(value)
 
 
-def _value_cell(value) -> str:
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return ('<td class="num">' if numeric else "<td>") + html.escape(_format(value)) + "</td>"
+class _Footnotes:
+    """Long cell texts of one page: each cut to CELL_MAX_CHARS with a numbered footnote."""
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def cell(self, value) -> str:
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if numeric:
+            return '<td class="num">' + html.escape(_format(value)) + "</td>"
+        text = _format(value)
+        if len(text) <= CELL_MAX_CHARS:
+            return '<td class="value">' + html.escape(text) + "</td>"
+        if text not in self.texts:
+            self.texts.append(text)
+        n = self.texts.index(text) + 1
+        return (f'<td class="value" title="{html.escape(text, quote=True)}">'
+                f'{html.escape(text[: CELL_MAX_CHARS - 1])}&hellip;<sup><a href="#note{n}">[{n}]</a></sup></td>')
+
+    def html(self) -> list[str]:
+        if not self.texts:
+            return []
+        return (['<ol class="footnotes">']
+                + [f'<li id="note{n}">{html.escape(t)}</li>' for n, t in enumerate(self.texts, start=1)] + ["</ol>"])
+
+
+def _name_html(name: str) -> str:
+    """A file name, HTML-escaped, with break opportunities after its separators."""
+    return re.sub(r"([/\\_.-])", r"\1<wbr>", html.escape(name))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -115,6 +155,8 @@ class RunPage:
         self.skipped: list[tuple[str, str]] = []
         self.headline: dict = {}
         self.figures: list[Path] = []
+        self.notes: list[str] = []
+        self.legend: Optional[tuple[str, list, Optional[Path]]] = None
         self._shown: dict = {}  # (source, mtime_ns, size) -> the file to show (itself or its thumbnail)
         self._thumb_names: dict = {}  # thumbnail name -> its source
 
@@ -129,10 +171,20 @@ class RunPage:
         self.headline = dict(numbers)
         self.figures = [self._path(f) for f in figures]
 
+    def add_note(self, text: str) -> None:
+        """A note shown above everything (e.g. that the model's card says it is no forensic tool)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def set_legend(self, title: str, entries: Sequence[tuple[str, Sequence[int], Optional[float]]],
+                   full_legend=None) -> None:
+        """A colour legend in HTML (readable at any width, unlike a shrunk image): (name, RGB
+        colour, share or None) per entry; `full_legend`, an image file with every class, linked."""
+        self.legend = (title, list(entries), None if full_legend is None else self._path(full_legend))
+
     # ---------------------------------------------------------------------------------------
     def _path(self, p) -> Path:
-        p = Path(p)
-        return p if p.is_absolute() else self.folder / p
+        return Path(p).absolute()  # a relative path is the caller's (the command line's), not the page folder's
 
     def _columns(self, attribute: str, given):
         if given is not None:
@@ -228,6 +280,7 @@ class RunPage:
                for name, (h, _, _) in PAGES.items()]
         out.append("<nav>" + " ".join(nav) + (' <a href="#skipped">skipped files</a>' if self.skipped else "")
                    + "</nav>")
+        out += [f'<p class="note">{esc(n)}</p>' for n in self.notes]
         if self.headline:
             out.append('<h2>Headline</h2><table class="headline">')
             out += [f'<tr><th>{esc(str(k))}</th><td class="num">{esc(_format(v))}</td></tr>'
@@ -237,18 +290,30 @@ class RunPage:
             out.append('<p class="figures">' + " ".join(
                 f'<a href="{href(f, self.folder)}"><img class="figure" src="{href(f, self.folder)}" '
                 f'alt="{esc(f.name, quote=True)}"></a>' for f in self.figures if f.exists()) + "</p>")
+        if self.legend is not None:
+            title, entries, full = self.legend
+            out.append(f"<h2>{esc(title)}</h2>")
+            out.append('<ul class="legend">' + "".join(
+                f'<li><span class="swatch" style="background: rgb({int(c[0])},{int(c[1])},{int(c[2])})"></span>'
+                f'{esc(name)}' + (f" ({100 * share:.1f} %)" if share is not None else "") + "</li>"
+                for name, c, share in entries) + "</ul>")
+            if full is not None and full.exists():
+                out.append(f'<p><a href="{href(full, self.folder)}">every class of this level ({esc(full.name)})</a></p>')
+        notes = _Footnotes()
         out.append('<h2>Images</h2><table class="images"><tr><th>#</th><th>file</th><th>score</th>'
                    + "".join(f"<th>{esc(c)}</th>" for c in value_columns)
                    + "".join(f"<th>{esc(c)}</th>" for c in image_columns) + "</tr>")
         for rank, row in enumerate(self._sorted(key, descending), start=1):
-            out.append(f'<tr class="image"><td class="num">{rank}</td><td class="name">{esc(row.name)}</td>'
+            out.append(f'<tr class="image"><td class="num">{rank}</td><td class="name">{_name_html(row.name)}</td>'
                        f'<td class="num score">{esc(_format(row.score))}</td>'
-                       + "".join(_value_cell(row.values.get(c)) for c in value_columns)
+                       + "".join(notes.cell(row.values.get(c)) for c in value_columns)
                        + "".join(self._image_cell(c, row.images.get(c)) for c in image_columns) + "</tr>")
         out.append("</table>")
+        out += notes.html()
         if self.skipped:
             out.append('<h2 id="skipped">Skipped files</h2><table class="skipped"><tr><th>file</th><th>reason</th></tr>')
-            out += [f'<tr class="skip"><td class="name">{esc(f)}</td><td>{esc(r)}</td></tr>' for f, r in self.skipped]
+            out += [f'<tr class="skip"><td class="name">{_name_html(f)}</td><td>{esc(r)}</td></tr>'
+                    for f, r in self.skipped]
             out.append("</table>")
         out.append("</body></html>")
         return "\n".join(out) + "\n"

@@ -41,19 +41,73 @@ def thumbnail(rgb_HxWx3: np.ndarray, mask_HxW: np.ndarray, prob_HxW: np.ndarray,
             cv2.resize(np.asarray(prob_HxW, np.float32), size, interpolation=cv2.INTER_AREA))
 
 
+# One colour map for every forgery probability the project draws: predict's overlays, evaluate's
+# panels and page overlays, and the colour bar beside them (perceptually uniform, readable in grey).
+PROBABILITY_COLORMAP = cv2.COLORMAP_VIRIDIS
+PROBABILITY_COLORMAP_NAME = "viridis"
+# Overlays: the colour's opacity is this times the probability, so that p = 0 leaves the photo untouched.
+OVERLAY_MAX_ALPHA = 0.8
+
+
+def probability_colours(prob_HxW: np.ndarray) -> np.ndarray:
+    """uint8 H x W x 3 RGB: each probability in PROBABILITY_COLORMAP (0 dark violet, 1 yellow)."""
+    prob_u8 = np.clip(np.asarray(prob_HxW, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(prob_u8, PROBABILITY_COLORMAP), cv2.COLOR_BGR2RGB)
+
+
+def probability_overlay(rgb_HxWx3: np.ndarray, prob_HxW: np.ndarray, max_alpha: float = OVERLAY_MAX_ALPHA) -> np.ndarray:
+    """uint8 RGB: the colour of each probability over the photo with opacity max_alpha * p: a pixel
+    of probability 0 is the photo's own, a pixel of probability 1 mostly the colour map's yellow."""
+    prob = np.clip(np.asarray(prob_HxW, np.float32), 0.0, 1.0)[..., None]
+    alpha = max_alpha * prob
+    blend = (1.0 - alpha) * rgb_HxWx3.astype(np.float32) + alpha * probability_colours(prob[..., 0]).astype(np.float32)
+    return np.rint(blend).astype(np.uint8)
+
+
+def colour_bar(width: int, label: str = "forgery probability", height: int = 14) -> np.ndarray:
+    """uint8 RGB: PROBABILITY_COLORMAP from 0 (left) to 1 (right) with ticks at 0, 0.5 and 1 and a label;
+    in an overlay the colour's opacity grows with the probability (none at 0)."""
+    width = max(int(width), 120)
+    ramp = probability_colours(np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1)))
+    text = np.full((30, width, 3), 255, np.uint8)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+    for value in (0.0, 0.5, 1.0):
+        label_text = f"{value:g}"
+        tw = cv2.getTextSize(label_text, font, scale, 1)[0][0]
+        x = int(round(value * (width - 1)))
+        cv2.line(text, (x, 0), (x, 4), (0, 0, 0), 1)
+        cv2.putText(text, label_text, (min(max(0, x - tw // 2), width - tw), 14), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(text, label, (max(0, (width - cv2.getTextSize(label, font, scale, 1)[0][0]) // 2), 27), font, scale,
+                (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([ramp, text], axis=0)
+
+
+COLOUR_BAR_FILE = "probability_colour_bar.png"
+
+
+def write_colour_bar(folder) -> Path:
+    """folder/COLOUR_BAR_FILE: the colour bar of every overlay and panel of a run's page."""
+    path = Path(folder) / COLOUR_BAR_FILE
+    write_png(path, colour_bar(480, "forgery probability (overlay: no colour at 0)"))
+    return path
+
+
 def compose_panel(rgb_HxWx3: np.ndarray, mask_HxW: np.ndarray, prob_HxW: np.ndarray,
                   title: str = "") -> np.ndarray:
-    """uint8 RGB image: a title strip over photo | truth (white = forged) | prediction (viridis)."""
+    """uint8 RGB image: a title strip over photo | truth (white = forged) | prediction
+    (PROBABILITY_COLORMAP), with the colour bar under the prediction."""
     height, width = mask_HxW.shape
     truth = np.repeat((mask_HxW.astype(np.uint8) * 255)[:, :, None], 3, axis=2)
-    prob_u8 = np.clip(np.asarray(prob_HxW, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    prediction = cv2.cvtColor(cv2.applyColorMap(prob_u8, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
+    prediction = probability_colours(prob_HxW)
     gap = np.full((height, _GAP, 3), 255, np.uint8)
     row = np.concatenate([rgb_HxWx3.astype(np.uint8), gap, truth, gap, prediction], axis=1)
     header = np.full((_HEADER_HEIGHT, row.shape[1], 3), 255, np.uint8)
     cv2.putText(header, title, (4, _HEADER_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
                 cv2.LINE_AA)
-    return np.concatenate([header, row], axis=0)
+    bar = colour_bar(width, "probability")[:, :width]
+    footer = np.full((bar.shape[0], row.shape[1], 3), 255, np.uint8)
+    footer[:, row.shape[1] - bar.shape[1]:] = bar
+    return np.concatenate([header, row, footer], axis=0)
 
 
 def write_png(path: str | Path, rgb_HxWx3: np.ndarray) -> None:

@@ -25,15 +25,20 @@ class Progress:
         self.total, self.batch = total_steps, batch_size
         self.stream = stream or sys.stderr
         self._t0, self._s0 = time.perf_counter(), start_step
+        self._measured = False  # until reset_clock: the clock holds compilation, no rate to show
 
     def reset_clock(self, step: int):
-        self._t0, self._s0 = time.perf_counter(), step
+        """Starts measuring rates at `step` (after the first step, which holds the compilation)."""
+        self._t0, self._s0, self._measured = time.perf_counter(), step, True
 
     def rate(self, step: int) -> float:
         dt = time.perf_counter() - self._t0
         return (step - self._s0) / dt if dt > 0 else float("nan")
 
     def line(self, step: int, loss: float, extra: str = "") -> str:
+        if not self._measured:  # a rate over the compilation would give an ETA of hours for minutes
+            return (f"step {step}/{self.total}  loss {loss:.4f}  {time.perf_counter() - self._t0:.1f} s "
+                    f"(compilation included; rates and ETA from the next line on){extra}")
         rate = self.rate(step)
         eta = (self.total - step) / rate if rate and rate > 0 else float("nan")
         return (f"step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} steps/s  "
