@@ -25,11 +25,14 @@ flags.DEFINE_list("pristine_subsets", ["kodak24", "cbsd68", "mcmaster18"], "Sub-
 flags.DEFINE_string("coverage_dir", None, "The COVERAGE folder (image/, mask/, mask_aligned/, pairs.csv).")
 flags.DEFINE_string("casia2_dir", None, "The casia2_dev folder (tampered/, mask/).")
 flags.DEFINE_string("imc_checkpoint", "checkpoints/imc_small", "IMC model whose Featex the runs start from.")
-flags.DEFINE_list("references", ["content_splices=checkpoints/mantranet_small"],
-                  "name=checkpoint pairs scored beside the runs.")
+flags.DEFINE_list("references", ["content_splices=runs/study/e2e_half_random"],
+                  "name=checkpoint pairs scored beside the runs (the default: the small study's model trained "
+                  "on content splices; a missing folder is left out).")
 flags.DEFINE_string("flagfile_e2e", "experiments/flags/trace_e2e.flags", "Flags of the end-to-end runs.")
 flags.DEFINE_integer("seed", 0, "Seed of every run and of the probe images.", lower_bound=0)
-flags.DEFINE_list("parts", ["probe", "train", "dev", "diagnose", "image_score"], "Parts to run.")
+flags.DEFINE_list("parts", ["probe", "train", "dev", "diagnose", "image_score"],
+                  "Parts to run (add package to ship the chosen model as --package_dir).")
+flags.DEFINE_string("package_dir", "checkpoints/mantranet_small", "Where the package part ships the chosen model.")
 
 
 @exit_on_user_error
@@ -48,7 +51,8 @@ def main(argv) -> None:
                      imc_checkpoint=Path(FLAGS.imc_checkpoint), references=references,
                      coverage_dir=FLAGS.coverage_dir and Path(FLAGS.coverage_dir),
                      casia2_dir=FLAGS.casia2_dir and Path(FLAGS.casia2_dir), flagfile=FLAGS.flagfile_e2e,
-                     pristine_subsets=tuple(FLAGS.pristine_subsets), seed=FLAGS.seed).run(set(FLAGS.parts))
+                     pristine_subsets=tuple(FLAGS.pristine_subsets), seed=FLAGS.seed,
+                     package_dir=Path(FLAGS.package_dir)).run(set(FLAGS.parts))
 
 
 if __name__ == "__main__":

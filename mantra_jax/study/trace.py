@@ -16,7 +16,8 @@ its checkpoint), run in this order by `run`:
   against the genuine look-alike object).
 - ``image_score``: image-level scores of a map, chosen on synthetic images (half forged, half
   untouched, from the test patches) and then reported on COVERAGE against its originals.
-- ``results``: ``trace_results.json`` and ``trace_results.md``, every table.
+- ``package`` (only when asked): the model of `shipping_choice` into `package_dir`.
+- ``trace_results.md``, every table, after any part.
 
 Checkpoints are chosen by each run's synthetic validation loss; nothing is chosen on the
 development sets. The model to ship is chosen by a rule fixed before any development figure was
@@ -64,6 +65,7 @@ class TraceStudy:
     flagfile: str = "experiments/flags/trace_e2e.flags"
     pristine_subsets: tuple[str, ...] = ("kodak24", "cbsd68", "mcmaster18")
     seed: int = 0
+    package_dir: Path = Path("checkpoints/mantranet_small")
     log: Callable[[str], None] = lambda m: print(f"[trace {time.strftime('%H:%M:%S')}] {m}", flush=True)
 
     # ------------------------------------------------------------------ data
@@ -105,21 +107,26 @@ class TraceStudy:
     # ------------------------------------------------------------------ models
     def models(self) -> dict[str, Path]:
         """Every end-to-end model of the study: references first, then the finished runs."""
-        out = dict(self.references)
+        out = {}
+        for name, path in self.references.items():
+            if (Path(path) / "model_config.json").exists():
+                out[name] = Path(path)
+            elif (self.out / "maps" / name).is_dir():  # scored earlier: its results stay in the tables
+                out[name] = Path(path)
+            else:
+                self.log(f"reference {name}: {path} is not a checkpoint folder; left out")
         for name in RUNS:
             if (self.out / name / "final_metrics.json").exists():
                 out[name] = self.out / name
         return out
 
-    def _extractors(self) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    def _extractors(self) -> dict[str, Callable[[], Callable[[np.ndarray], np.ndarray]]]:
+        """name -> a function that builds that feature extractor (models load only when needed)."""
         import jax
 
         from mantra_jax import checkpoint
         from mantra_jax.nn import featex, layers
         from mantra_jax.nn import model as model_lib
-
-        cfg, imc = checkpoint.load_model(self.imc_checkpoint)
-        random = model_lib.init(jax.random.key(self.seed), cfg)
 
         def featex_of(params, cfg):
             fn = jax.jit(lambda x: featex.apply(params, model_lib.preprocess(x), cfg))
@@ -130,15 +137,24 @@ class TraceStudy:
             fn = jax.jit(lambda x: layers.symmetric_conv(model_lib.preprocess(x), kernel))
             return lambda rgb: np.asarray(fn(rgb[None]))[0]
 
+        def imc(part):
+            cfg, variables = checkpoint.load_model(self.imc_checkpoint)
+            if part == "random":
+                variables = model_lib.init(jax.random.key(self.seed), cfg)
+            return cfg, variables["params"]["Featex"]
+
+        def trained(path):
+            cfg, variables = checkpoint.load_model(path)
+            return featex_of(variables["params"]["Featex"], cfg)
+
         extractors = {
-            "first layer (SRM + Bayar), random": first_layer_of(random["params"]["Featex"], cfg),
-            "first layer (SRM + Bayar), IMC-trained": first_layer_of(imc["params"]["Featex"], cfg),
-            "Featex, random": featex_of(random["params"]["Featex"], cfg),
-            "Featex, IMC-385 (imc_small)": featex_of(imc["params"]["Featex"], cfg),
+            "first layer (SRM + Bayar), random": lambda: first_layer_of(*imc("random")[::-1]),
+            "first layer (SRM + Bayar), IMC-trained": lambda: first_layer_of(*imc("trained")[::-1]),
+            "Featex, random": lambda: featex_of(*imc("random")[::-1]),
+            "Featex, IMC-385 (imc_small)": lambda: featex_of(*imc("trained")[::-1]),
         }
         for name, path in self.models().items():
-            mcfg, variables = checkpoint.load_model(path)
-            extractors[f"Featex of {name}"] = featex_of(variables["params"]["Featex"], mcfg)
+            extractors[f"Featex of {name}"] = lambda path=path: trained(path)
         return extractors
 
     # ------------------------------------------------------------------ parts
@@ -152,11 +168,11 @@ class TraceStudy:
         if BASELINE not in table:
             table[BASELINE] = {"readout": "its own map", **probe.map_auc(baselines.noise_inconsistency, test)}
             path.write_text(json.dumps(table, indent=1))
-        for name, extractor in self._extractors().items():
+        for name, build in self._extractors().items():
             if name in table:
                 continue
             start = time.time()
-            table[name] = {"readout": "linear probe", **probe.run_probe(extractor, fit, test, seed=self.seed),
+            table[name] = {"readout": "linear probe", **probe.run_probe(build(), fit, test, seed=self.seed),
                            "seconds": round(time.time() - start, 1)}
             self.log(f"probe {name}: all {table[name]['all']:.3f}")
             path.write_text(json.dumps(table, indent=1))
@@ -373,6 +389,23 @@ class TraceStudy:
         path.write_text("\n".join(lines) + "\n")
         return path
 
+    def run_package(self, destination: Path) -> str | None:
+        """Ships the model of `shipping_choice` as `destination` (checkpoint.package_model: its best
+        step, batch statistics, flags.txt) with its expected outputs; the card is written by hand."""
+        from mantra_jax import checkpoint
+        from mantra_jax.eval import reference
+
+        name = shipping_choice(json.loads((self.out / "probe.json").read_text())) \
+            if (self.out / "probe.json").exists() else None
+        if name is None or name not in RUNS:
+            self.log(f"package: the choice is {name}, not a run of this study; nothing shipped")
+            return name
+        record = checkpoint.package_model(self.out / name, destination, {"chosen_by": "trace study shipping_choice"})
+        cfg, variables = checkpoint.load_model(destination)
+        (Path(destination) / "expected_outputs.json").write_text(json.dumps(reference.outputs(cfg, variables), indent=1))
+        self.log(f"package: {name} step {record['step']} -> {destination}")
+        return name
+
     def run(self, parts) -> None:
         self.prepare()
         if "probe" in parts:
@@ -388,6 +421,8 @@ class TraceStudy:
             self.run_diagnose()
         if "image_score" in parts:
             self.run_image_score()
+        if "package" in parts:
+            self.run_package(self.package_dir)
         self.write_results()
 
 
