@@ -16,6 +16,8 @@ ANOMALY = {"tac": ("tac", None), "df": ("df", None), "zf": ("zf", (7,)),
 flags.DEFINE_enum("anomaly", "tac", list(ANOMALY), "Anomaly features (Table 6): tac = time-axis ConvLSTM over the "
                   "Z-scores (the paper's model); df = raw deviations; zf = global Z-score only; facN = the "
                   "Z-scores of the first N windows and the global one concatenated on the feature axis.")
+flags.DEFINE_enum("lstm_gate", "hard_sigmoid", ["hard_sigmoid", "sigmoid"],
+                  "The ConvLSTM's gate activation: hard_sigmoid (the released model's) or sigmoid (no dead gates).")
 flags.DEFINE_list("windows", ["7", "15", "31"], "Window sizes of the local deviations (tac and df).")
 flags.DEFINE_enum("init", "random", ["random", "half_freeze", "half_random", "authors"],
                   "Initialisation (Table 7): random; half_freeze = Featex from --imc_checkpoint, frozen; "
@@ -64,7 +66,8 @@ def main(argv):
     anomaly, fixed_windows = ANOMALY[FLAGS.anomaly]
     model_cfg = config.make_config(
         backbone=FLAGS.backbone, first_layer=FLAGS.first_layer, regular_filters=FLAGS.regular_filters,
-        head="ladn", anomaly=anomaly, windows=fixed_windows or windows, width_scale=FLAGS.width_scale)
+        head="ladn", anomaly=anomaly, windows=fixed_windows or windows, width_scale=FLAGS.width_scale,
+        lstm_gate=FLAGS.lstm_gate)
     if FLAGS.init != "random":  # the feature extractor's shape comes from the checkpoint
         source = checkpoint.read_model_config(FLAGS.imc_checkpoint)
         model_cfg = model_cfg.replace(**config.featex_config_fields(source))

@@ -198,9 +198,9 @@ def test_hard_sigmoid_is_keras2():
     np.testing.assert_allclose(layers.hard_sigmoid(x), [0, 0, 0.5, 0.7, 1, 1], atol=1e-7)
 
 
-def np_convlstm(x, kernel, rec, bias):
-    """A Python loop over time with the released gate semantics."""
-    hs = lambda v: np.clip(0.2 * v + 0.5, 0, 1)
+def np_convlstm(x, kernel, rec, bias, gate="hard_sigmoid"):
+    """A Python loop over time with the released gate semantics (or logistic gates)."""
+    hs = (lambda v: np.clip(0.2 * v + 0.5, 0, 1)) if gate == "hard_sigmoid" else (lambda v: 1 / (1 + np.exp(-v)))
     n, t, h, w, c = x.shape
     f = rec.shape[2]
     r = kernel.shape[0] // 2
@@ -215,7 +215,8 @@ def np_convlstm(x, kernel, rec, bias):
     return hid
 
 
-def test_convlstm_matches_python_loop():
+@pytest.mark.parametrize("gate", ["hard_sigmoid", "sigmoid"])
+def test_convlstm_matches_python_loop(gate):
     rng = np.random.default_rng(6)
     x = rng.normal(size=(2, 4, 8, 9, 3)).astype(np.float32)
     params = {
@@ -223,7 +224,10 @@ def test_convlstm_matches_python_loop():
         "recurrent_kernel": rng.normal(size=(7, 7, 2, 8), scale=0.3).astype(np.float32),
         "bias": rng.normal(size=(8,)).astype(np.float32),
     }
-    got = layers.convlstm(jax.tree.map(jnp.asarray, params), jnp.asarray(x))
-    ref = np_convlstm(x, params["kernel"], params["recurrent_kernel"], params["bias"])
+    got = layers.convlstm(jax.tree.map(jnp.asarray, params), jnp.asarray(x), gate=gate)
+    ref = np_convlstm(x, params["kernel"], params["recurrent_kernel"], params["bias"], gate)
     assert got.shape == (2, 8, 9, 2)
     np.testing.assert_allclose(got, ref, atol=1e-4)
+    other = np_convlstm(x, params["kernel"], params["recurrent_kernel"], params["bias"],
+                        "sigmoid" if gate == "hard_sigmoid" else "hard_sigmoid")
+    assert np.abs(np.asarray(got) - other).max() > 1e-3  # the gate really is the one asked for

@@ -52,6 +52,9 @@ def dtype(precision: str):
     return getattr(jnp, precision)
 
 
+LSTM_GATES = ("hard_sigmoid", "sigmoid")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     # Feature extractor ("Featex").
@@ -74,6 +77,10 @@ class ModelConfig:
     #                       df: raw deviations (no Z-score) through the ConvLSTM; zf: global Z only
     lstm_filters: int = 8
     lstm_kernel: int = 7
+    # The ConvLSTM's i, f, o gates: "hard_sigmoid" (Keras 2's, the released model's) or "sigmoid".
+    # A hard sigmoid has no gradient beyond +-2.5: a ConvLSTM whose gates all saturate there stops
+    # learning for good (RESULTS.md, the anomaly network on fixed features).
+    lstm_gate: str = "hard_sigmoid"
     pred_kernel: int = 7
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
@@ -91,6 +98,8 @@ class ModelConfig:
             raise ValueError(f"first_kernel must be 3 or 5, got {self.first_kernel}")
         if any(w % 2 == 0 or w < 1 for w in self.windows):
             raise ValueError(f"windows must be odd positive sizes, got {self.windows}")
+        if self.lstm_gate not in LSTM_GATES:
+            raise ValueError(f"lstm_gate must be one of {LSTM_GATES}, got {self.lstm_gate!r}")
         if self.anomaly == "zf" and not self.use_global:
             raise ValueError("anomaly 'zf' needs the global window")
 

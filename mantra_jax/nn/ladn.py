@@ -86,16 +86,16 @@ def anomaly_features(params, y_NxHxWxC, global_mean, global_std, cfg: ModelConfi
     return z
 
 
-def decide(params, z_NxTxHxWxC, dtype=jnp.float32, inside=None):
+def decide(params, z_NxTxHxWxC, dtype=jnp.float32, inside=None, gate: str = "hard_sigmoid"):
     """ConvLSTM over the time axis, then the 7x7 prediction: pre-sigmoid float32 logits (N, H, W).
 
     The convolutions run in `dtype`, the model's computation dtype (the anomaly features before
     them and the ConvLSTM's gates and states are float32): in float32 the ConvLSTM's input
     convolution alone would cost a bfloat16 model about a fifth of its accelerator time.
     `inside` (booleans (1, H, W, 1)): the image's part of a canvas (layers.convlstm), outside
-    which the logits are meaningless.
+    which the logits are meaningless. `gate`: the ConvLSTM's gate activation (ModelConfig.lstm_gate).
     """
-    h = layers.convlstm(params["cLSTM"], z_NxTxHxWxC.astype(dtype), inside)
+    h = layers.convlstm(params["cLSTM"], z_NxTxHxWxC.astype(dtype), inside, gate=gate)
     pred = layers.conv(h.astype(dtype), params["pred"]["kernel"], params["pred"]["bias"], padding="SAME")
     return jnp.squeeze(pred, axis=-1).astype(jnp.float32)
 
@@ -105,7 +105,7 @@ def apply(params, stats, feat_NxHxWxC, cfg: ModelConfig, *, train: bool):
     y, new_stats = adapt(params, stats, feat_NxHxWxC, cfg, train=train)
     mean, std = global_moments(y)
     z = anomaly_features(params, y, mean, std, cfg)
-    return decide(params, z, feat_NxHxWxC.dtype), new_stats
+    return decide(params, z, feat_NxHxWxC.dtype, gate=cfg.lstm_gate), new_stats
 
 
 def count(cfg: ModelConfig) -> tuple[int, int]:

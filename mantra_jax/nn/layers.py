@@ -334,7 +334,7 @@ def hard_sigmoid(x):
     return jnp.clip(0.2 * x + 0.5, 0.0, 1.0)
 
 
-def convlstm_cell(recurrent_kernel, carry, xz_t, inside=None):
+def convlstm_cell(recurrent_kernel, carry, xz_t, inside=None, gate=hard_sigmoid):
     """One ConvLSTM step. `xz_t` is the input convolution (with bias) of x_t, precomputed for every
     step at once; gates are 4 blocks of F channels in the order i, f, c, o. `inside` (booleans
     (1, H, W, 1)): the image's part of a canvas; the hidden state is zero outside it, as the
@@ -342,7 +342,7 @@ def convlstm_cell(recurrent_kernel, carry, xz_t, inside=None):
     h, c = carry
     z = xz_t.astype(jnp.float32) + conv(h.astype(xz_t.dtype), recurrent_kernel, padding="SAME").astype(jnp.float32)
     z_i, z_f, z_c, z_o = jnp.split(z, 4, axis=-1)
-    i, f, o = hard_sigmoid(z_i), hard_sigmoid(z_f), hard_sigmoid(z_o)
+    i, f, o = gate(z_i), gate(z_f), gate(z_o)
     c = f * c + i * jnp.tanh(z_c)
     h = o * jnp.tanh(c)
     if inside is not None:
@@ -350,13 +350,14 @@ def convlstm_cell(recurrent_kernel, carry, xz_t, inside=None):
     return (h, c), h
 
 
-def convlstm(params, x_NxTxHxWxC, inside=None):
+def convlstm(params, x_NxTxHxWxC, inside=None, gate: str = "hard_sigmoid"):
     """ConvLSTM over the time axis, returning the last hidden state (N, H, W, F), float32. With
     `inside` (booleans (1, H, W, 1), see `convlstm_cell`) the image fills that part of a canvas:
     the input is zero outside it, the hidden state too (the zero padding of the image alone).
 
     The convolutions run in the input's dtype; the gates and the cell and hidden states are
-    float32 whatever it is.
+    float32 whatever it is. `gate`: the i, f, o gates' activation, "hard_sigmoid" (Keras 2's, the
+    released model's) or "sigmoid".
 
     Run by `lax.scan` fully unrolled: with at most five steps unrolling costs nothing and a rolled
     loop makes the backward convolutions take a much slower path on CPU.
@@ -373,6 +374,9 @@ def convlstm(params, x_NxTxHxWxC, inside=None):
     # (Slices, not xz[0, ..., :f]: basic indexing is a gather on symbolic shapes, see jax.export.)
     zero = jnp.zeros_like(jax.lax.index_in_dim(jax.lax.slice_in_dim(xz, 0, f, axis=4), 0, keepdims=False),
                           dtype=jnp.float32)
-    cell = functools.partial(convlstm_cell, params["recurrent_kernel"], inside=inside)
+    gates = {"hard_sigmoid": hard_sigmoid, "sigmoid": jax.nn.sigmoid}
+    if gate not in gates:
+        raise ValueError(f"gate must be one of {sorted(gates)}, got {gate!r}")
+    cell = functools.partial(convlstm_cell, params["recurrent_kernel"], inside=inside, gate=gates[gate])
     (h_last, _), _ = jax.lax.scan(cell, (zero, zero), xz, unroll=True)
     return h_last

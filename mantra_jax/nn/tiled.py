@@ -269,7 +269,7 @@ def pass2_tile(variables, rgb_HxWx3, stored_HxWxC, start, feature_start, mean_C,
         features, at = stored_HxWxC, (start[0], start[1], 0)
     y = jax.lax.dynamic_slice(features, at, size + (features.shape[-1],))
     z = ladn.anomaly_features(variables["params"], y[None], mean_C[None, None, None], std_C[None, None, None], cfg)
-    return jax.nn.sigmoid(ladn.decide(variables["params"], z, dtype))[0]
+    return jax.nn.sigmoid(ladn.decide(variables["params"], z, dtype, gate=cfg.lstm_gate))[0]
 
 
 class _MomentAccumulator:
@@ -466,7 +466,7 @@ def canvas_pass2(variables, features_SxSxC, extent, mean_C, std_C, *, cfg, dtype
     y = features_SxSxC[None]
     z = ladn.anomaly_features(params, y, mean_C[None, None, None], std_C[None, None, None], cfg, extent=extent)
     inside = layers.extent_mask(y.shape[1:3], extent)
-    return jax.nn.sigmoid(ladn.decide(params, z, dtype, inside=inside))[0]
+    return jax.nn.sigmoid(ladn.decide(params, z, dtype, inside=inside, gate=cfg.lstm_gate))[0]
 
 
 def canvas_probabilities(variables, rgb_HxWx3, cfg: ModelConfig, *, tile: Optional[int] = None, dtype=jnp.float32,

@@ -49,6 +49,10 @@ RUNS = {
     # resampling, noise and blur traces under the network's own statistic.
     "e2e_trace_half_freeze": (["--postprocess=false", "--init=half_freeze"],
                               "trace synthesis, the IMC model's Featex frozen"),
+    # The same with smooth sigmoid gates in the ConvLSTM (a hard sigmoid has no gradient beyond
+    # +-2.5: the frozen run's ConvLSTM gradient had fallen to 1/300 of the output layer's).
+    "e2e_trace_half_freeze_sigmoid": (["--postprocess=false", "--init=half_freeze", "--lstm_gate=sigmoid"],
+                                      "as e2e_trace_half_freeze, sigmoid ConvLSTM gates"),
 }
 BASELINE = "noise_baseline"
 IMAGE_SCORES = ("mean", "max", "p99_blur", "top1pct_mean")
