@@ -12,15 +12,13 @@ is printed as one line, `error: ...`, and the exit status is 2.
 from __future__ import annotations
 
 import contextlib
-import logging as std_logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import common
 from mantra_jax import provenance, workdir
-from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import datasets
 from mantra_jax.metrics import pixel as pixel_metrics
 from mantra_jax.metrics import report
@@ -48,13 +46,6 @@ flags.DEFINE_integer("n_panels", 4, "Best and worst images drawn as panels.", lo
 flags.DEFINE_enum("image_score", "mean", ["mean", "max"], "Image score for image-level metrics.")
 
 
-class _QuietOrbax(std_logging.Filter):
-    """Drops Orbax's INFO lines (hundreds per checkpoint restored); its warnings stay."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-
 def _evaluate() -> dict:
     if not FLAGS.out:
         raise app.UsageError("--out is required")
@@ -72,11 +63,9 @@ def _evaluate() -> dict:
                                authentic=FLAGS.authentic, step=FLAGS.step)
 
 
-@exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(_QuietOrbax())
     out = FLAGS.out  # a second run writing this folder is refused
     with workdir.lock(out, what="evaluation") if out else contextlib.nullcontext():
         summary = _evaluate()
@@ -89,4 +78,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -34,19 +34,14 @@ def main(argv: Sequence[str]) -> None:
     if not fv.formats or set(fv.formats) - {"stablehlo", "onnx"}:
         raise app.UsageError(f"--formats takes stablehlo and/or onnx, got {','.join(fv.formats)}")
     from mantra_jax.infer import export  # noqa: PLC0415  (JAX only when a model is run)
-    from mantra_jax.checkpoint import CheckpointError  # noqa: PLC0415
 
     try:
         report = export.export_checkpoint(fv.checkpoint, fv.out, formats=fv.formats, opset=fv.opset,
                                           tolerance=fv.tolerance, log=lambda text: print(text, file=sys.stderr))
-    except export.ExportDependencyError as e:
-        sys.exit(f"error: {e}")
-    except (CheckpointError, ValueError) as e:
-        sys.exit(f"error: cannot export the checkpoint {fv.checkpoint}: {e}")
     except export.ExportCheckFailed as e:
-        sys.exit(f"error: the export check failed: {e}")
+        common.fail(f"the export check failed: {e}", status=1)
     print(json.dumps({k: report[k] for k in report if k.startswith(("max_abs_diff", "min_height"))}, indent=2))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

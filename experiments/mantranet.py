@@ -7,7 +7,6 @@ fine-tuned from a converted checkpoint of the authors' weights.
 from absl import app, flags
 
 from experiments import common
-from mantra_jax.errors import exit_on_user_error
 
 FLAGS = flags.FLAGS
 common.define_common_flags("runs/mantranet")
@@ -46,11 +45,11 @@ def _validate():
     return windows, weights
 
 
-@exit_on_user_error
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     windows, weights = _validate()
+    cfg = common.loop_config()  # its settings and work directory name checked before any work
     common.setup()
     from mantra_jax import checkpoint
     from mantra_jax.nn import config
@@ -72,8 +71,8 @@ def main(argv):
         type_weights=weights, pristine_share=FLAGS.pristine_share,
         postprocess={} if FLAGS.postprocess else None, val_per_type=FLAGS.val_per_type,
         val_batch_size=FLAGS.val_batch_size, workers=FLAGS.workers, patch_size=FLAGS.patch_size)
-    common.finish(loop.train(task, common.loop_config(), files=common.run_files()))
+    common.finish(loop.train(task, cfg, files=common.run_files()))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

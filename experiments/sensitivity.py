@@ -98,4 +98,4 @@ def print_summary(files: sensitivity.StudyFiles, record: dict) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from experiments import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "runs/study", "Study folder: one work directory per run, eval/, RESULTS.md.")
 flags.DEFINE_string("pristine_dir", None, "Folder of pristine photos (the subsets below are its sub-folders).")
@@ -513,4 +515,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main, trainer=True)

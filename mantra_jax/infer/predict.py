@@ -304,10 +304,7 @@ def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.S
     if checkpoint is None and trace_checkpoint is None:
         raise UserError("give a ManTra-Net checkpoint (--checkpoint) for forgery masks, an IMC checkpoint "
                         "(--trace_checkpoint) for manipulation maps, or both")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder: give a folder for the outputs")
-    out.mkdir(parents=True, exist_ok=True)
+    out = workdir.check_output_folder(out)
     with workdir.lock(out, what="predict run"):  # a second run writing this folder is refused
         files, skipped, any_folder, n_excluded = collect_inputs(inputs, exclude=out)
         for path, reason in skipped:
