@@ -16,6 +16,7 @@ import functools
 import logging
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from absl import app, flags
@@ -84,6 +85,7 @@ def _main(main, trainer: bool, argv):
     if not FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and matplotlib are chatty at INFO
         logging.getLogger().setLevel(logging.WARNING)
+    warnings.showwarning = _one_line_warning
     try:
         with errors.sigterm():
             return main(argv)
@@ -100,6 +102,11 @@ def _main(main, trainer: bool, argv):
         print("stopped by SIGTERM before the end; what was written so far stays (exit status "
               f"{STOPPED_EXIT_STATUS})", file=sys.stderr, flush=True)
         sys.exit(STOPPED_EXIT_STATUS)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning as the user reads it: `warning: <message>` (no source line of the library)."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
 
 
 def _module_name(main) -> str:
@@ -201,6 +208,7 @@ def photo_index(data_dir: str, patch: int = 256):
         raise UserError(f"--data_dir {data_dir}: " + ("not a folder" if Path(data_dir).exists() else "does not exist"))
     folder = data_dir or bundled.default_photo_dir()
     index = photos.build_patch_index(folder, patch=patch)
+    index.require("train", "val")
     import jax
 
     if jax.process_index() == 0:

@@ -7,6 +7,7 @@ fine-tuned from a converted checkpoint of the authors' weights.
 from absl import app, flags
 
 from experiments import common
+from mantra_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 common.define_common_flags("runs/mantranet")
@@ -63,6 +64,10 @@ def main(argv):
         source = checkpoint.read_model_config(FLAGS.imc_checkpoint)
         model_cfg = model_cfg.replace(**config.featex_config_fields(source))
         if FLAGS.init == "authors":
+            if source.head != "ladn":
+                raise UserError(f"--init=authors takes every weight from a ManTra-Net checkpoint; "
+                                f"{FLAGS.imc_checkpoint} holds the {source.head!r} head (an IMC model): "
+                                "use --init=half_freeze or half_random for its Featex")
             model_cfg = source
     index = common.photo_index(FLAGS.data_dir)
     task = mantranet.make_task(
