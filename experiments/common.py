@@ -61,14 +61,17 @@ def fail(message: str, status: int = USER_ERROR_EXIT_STATUS):
 
 
 def _parse_flags(main, argv):
-    before_dashes = argv[1:argv.index("--")] if "--" in argv else argv[1:]
-    if any(arg in _HELP_ARGS for arg in before_dashes):
-        print(command_help(main))
-        sys.exit(0)
+    end = argv.index("--") if "--" in argv else len(argv)
+    wants_help = any(arg in _HELP_ARGS for arg in argv[1:end])
+    if wants_help:  # the other flags are parsed first (a flagfile is checked), then the help shown
+        argv = [arg for i, arg in enumerate(argv) if i >= end or arg not in _HELP_ARGS]
     try:
         rest = FLAGS(argv)
     except flags.Error as e:
         fail(f"{e} (--help lists the flags)")
+    if wants_help:
+        print(command_help(main))
+        sys.exit(0)
     seen = set()
     for name, flag in FLAGS._flags().items():  # noqa: SLF001 - every flag once, short names too
         if id(flag) in seen or not isinstance(flag.parser, flags.FloatParser):
@@ -85,7 +88,7 @@ def _main(main, trainer: bool, argv):
     if not FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and matplotlib are chatty at INFO
         logging.getLogger().setLevel(logging.WARNING)
-    warnings.showwarning = _one_line_warning
+    shown, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
         with errors.sigterm():
             return main(argv)
@@ -102,6 +105,8 @@ def _main(main, trainer: bool, argv):
         print("stopped by SIGTERM before the end; what was written so far stays (exit status "
               f"{STOPPED_EXIT_STATUS})", file=sys.stderr, flush=True)
         sys.exit(STOPPED_EXIT_STATUS)
+    finally:
+        warnings.showwarning = shown
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

@@ -284,7 +284,7 @@ def recompute_from_stats(stats_dir: str | Path, out_dir: str | Path,
         except ValueError as e:
             raise UserError(f"{stats_dir / 'report.json'}: not a report (unreadable JSON: {e})") from None
         if not isinstance(previous, dict) or not all(
-                isinstance(previous.get(k, {}), t) for k, t in (("run", dict), ("options", dict), ("skipped", list),
+                isinstance(previous.get(k, t()), t) for k, t in (("run", dict), ("options", dict), ("skipped", list),
                                                                   ("notes", list))):
             raise UserError(f"{stats_dir / 'report.json'}: not a report written by experiments.evaluate")
     rows = [pixel_metrics.image_metrics(s, negate_rule=options.negate_rule, invert=options.invert_predictions)

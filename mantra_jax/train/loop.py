@@ -295,6 +295,7 @@ def _start_run(workdir: Path, task: Task, cfg: LoopConfig, files: dict):
 
 
 def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_step, started: float) -> dict:
+    stop_point("while starting, before any step: nothing was lost (the work directory holds what it held)")
     is_main = jax.process_index() == 0
     dtype = config_lib.dtype(cfg.precision)
     n_proc = jax.process_count()
