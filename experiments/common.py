@@ -68,7 +68,8 @@ def _parse_flags(main, argv):
     try:
         rest = FLAGS(argv)
     except flags.Error as e:
-        fail(f"{e} (--help lists the flags)")
+        if not (wants_help and "must have a value other than None" in str(e)):  # a required flag: help anyway
+            fail(f"{e} (--help lists the flags)")
     if wants_help:
         print(command_help(main))
         sys.exit(0)

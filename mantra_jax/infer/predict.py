@@ -63,7 +63,7 @@ from mantra_jax import provenance
 from mantra_jax import workdir
 from mantra_jax.data import images
 from mantra_jax.errors import UserError
-from mantra_jax.metrics.progress import ProgressLine
+from mantra_jax.metrics.progress import ProgressLine, printable
 from mantra_jax.metrics import pages
 from mantra_jax.nn import featex, model, tiled
 from mantra_jax.nn.config import ModelConfig
@@ -314,7 +314,7 @@ def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.S
     with workdir.lock(out, what="predict run"):  # a second run writing this folder is refused
         files, skipped, any_folder, n_excluded = collect_inputs(inputs, exclude=out)
         for path, reason in skipped:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
+            print(printable(f"skipped {path}: {reason}"), file=sys.stderr)
         if n_excluded:
             print(f"{n_excluded} image(s) left out because they lie in the output folder {out} (earlier outputs "
                   "are never inputs)", file=sys.stderr)
@@ -390,7 +390,7 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
         page.set_headline({"trace level": tracer.level, "trace threshold": threshold}, figures=[legend])
     (out / "run.json").write_text(json.dumps(record, indent=1))
     progress = ProgressLine(len(files), "predict", min_interval_s=0.0) if any_folder or len(files) > 1 else None
-    say = progress.message if progress is not None else lambda t: print(t, file=sys.stderr)
+    say = progress.message if progress is not None else lambda t: print(printable(t), file=sys.stderr)
     used_stems: set = set()
     processed, page_written = 0, time.monotonic()
     page.write(refresh_seconds=round(PAGE_INTERVAL_S))
