@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import signal
 import sys
 import time
 from pathlib import Path
