@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from experiments import common
+from mantra_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "End-to-end (ManTra-Net) checkpoint folder.")
@@ -40,6 +41,8 @@ def main(argv: Sequence[str]) -> None:
                                           tolerance=fv.tolerance, log=lambda text: print(text, file=sys.stderr))
     except export.ExportCheckFailed as e:
         common.fail(f"the export check failed: {e}", status=1)
+    except UserError as e:  # a missing, unusable or wrong-kind checkpoint, a missing package
+        raise UserError(f"cannot export the checkpoint {fv.checkpoint}: {e}") from None
     print(json.dumps({k: report[k] for k in report if k.startswith(("max_abs_diff", "min_height"))}, indent=2))
 
 
