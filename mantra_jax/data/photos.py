@@ -233,9 +233,6 @@ def build_patch_index(
         too_small=tuple(too_small),
         num_images=num_images,
     )
-    for split in SPLITS:
-        if not index.entries(split):
-            logging.warning("%s: the %s split has no patch", root, split)
     logging.info("%s", index.summary())
     return index
 
