@@ -1,8 +1,9 @@
-"""How every command starts: absl's app.run, with the shipped flagfiles found from any directory.
+"""The console scripts, and the shipped flagfiles found from any directory (experiments.common.run,
+the one way every command starts, resolves each --flagfile through `resolve_flagfiles`).
 
 Each command runs as `python -m experiments.<name>` and, once the package is installed, as the
 console script `mantra-<name>` (underscores become hyphens: `mantra-evaluate-imc`); both go through
-`run`. The flagfiles of experiments/flags/ are installed with the package, so that
+`experiments.common.run`. The flagfiles of experiments/flags/ are installed with the package, so that
 
     python -m experiments.imc385 --flagfile=experiments/flags/imc385_smoke.flags
     mantra-imc385 --flagfile=experiments/flags/imc385_smoke.flags
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -57,16 +57,12 @@ def resolve_flagfiles(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def run(main: Callable[[Sequence[str]], object]) -> None:
-    """absl.app.run(main) over sys.argv with the shipped flagfiles resolved."""
-    from absl import app
-
-    app.run(main, argv=resolve_flagfiles(sys.argv))
-
-
 def _console_script(name: str) -> Callable[[], None]:
     def entry() -> None:
-        run(importlib.import_module(f"experiments.{name}").main)
+        from experiments import common
+
+        module = importlib.import_module(f"experiments.{name}")
+        common.run(module.main, trainer=getattr(module, "TRAINER", None))
 
     entry.__name__ = name
     entry.__doc__ = f"The console script mantra-{name.replace('_', '-')}: python -m experiments.{name}."

@@ -1,25 +1,140 @@
-"""Flags and set-up shared by the trainers (absl lives here and in the entry points only).
+"""What every command shares: `run` (how each command's main starts and ends), the trainers' flags
+and set-up, and the step choice of the checkpoint-reading commands (absl lives here and in the
+entry points only).
 
-Exit status of the trainers: 0 finished, 2 a user error (one message on stderr, nothing written:
-mantra_jax.errors.UserError), 75 stopped by SIGTERM after saving a checkpoint (EX_TEMPFAIL of
-sysexits.h, "try again later": rerun the same command to resume; launch/sweep.py counts such a
-trial as unfinished), anything else a crash (with its traceback).
+Exit status of every command started by `run`: 0 done, 2 a user error (one message on stderr,
+`error: ...`, no traceback: a flag that does not parse or is out of range, a usage mistake, a
+mantra_jax.errors.UserError), 75 stopped by SIGTERM in a trainer (EX_TEMPFAIL of sysexits.h, "try
+again later": rerun the same command to resume; launch/sweep.py counts such a trial as
+unfinished), 143 stopped by SIGTERM in the other commands, anything else a crash (with its
+traceback). Some commands add their own (experiments.predict: 1 when no image was processed).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from absl import flags
+from absl import app, flags
 
+from mantra_jax import errors
 from mantra_jax.errors import UserError
 from mantra_jax.nn import config as config_lib
 
 FLAGS = flags.FLAGS
 PREEMPTED_EXIT_STATUS = 75  # os.EX_TEMPFAIL
+STOPPED_EXIT_STATUS = 128 + 15  # what SIGTERM's default action reports
+USER_ERROR_EXIT_STATUS = 2
+_HELP_ARGS = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
+
+
+_TRAINER = []  # set by define_common_flags: this command is a trainer
+
+
+def run(main, *, trainer: bool | None = None, argv=None):
+    """Runs a command's main (in place of absl's app.run): the one way every command starts.
+
+    - `--help` shows the command's docstring and the flags a user sets for it: its own and the
+      shared ones of this module it defines (`--helpfull` still lists every library's), exit 0;
+    - a flag that does not parse, is out of its range or is a float that is not finite, an
+      app.UsageError and a UserError: one `error: ...` message on stderr, exit status 2;
+    - library INFO logging off unless --verbosity (or a trainer's --log_level) asks for it;
+    - one SIGTERM handler from start to end (mantra_jax.errors.sigterm): the `with` blocks on the
+      way out run (locks are released), then a trainer exits 75, any other command 143.
+
+    `trainer` (None: whether the command defined the trainers' flags) says which; `argv` (None:
+    sys.argv) lets tests run a command in process.
+    """
+    trainer = bool(_TRAINER) if trainer is None else trainer
+    if argv is None:
+        from experiments import cli  # the shipped flagfiles, found from any directory
+
+        argv = cli.resolve_flagfiles(sys.argv)
+    app.run(functools.partial(_main, main, trainer), argv=argv, flags_parser=functools.partial(_parse_flags, main))
+
+
+def fail(message: str, status: int = USER_ERROR_EXIT_STATUS):
+    """Ends the program with one message on stderr."""
+    sys.stdout.flush()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def _parse_flags(main, argv):
+    end = argv.index("--") if "--" in argv else len(argv)
+    wants_help = any(arg in _HELP_ARGS for arg in argv[1:end])
+    if wants_help:  # the other flags are parsed first (a flagfile is checked), then the help shown
+        argv = [arg for i, arg in enumerate(argv) if i >= end or arg not in _HELP_ARGS]
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as e:
+        if not (wants_help and "must have a value other than None" in str(e)):  # a required flag: help anyway
+            fail(f"{e} (--help lists the flags)")
+    if wants_help:
+        print(command_help(main))
+        sys.exit(0)
+    seen = set()
+    for name, flag in FLAGS._flags().items():  # noqa: SLF001 - every flag once, short names too
+        if id(flag) in seen or not isinstance(flag.parser, flags.FloatParser):
+            continue
+        seen.add(id(flag))
+        if flag.value is not None and not math.isfinite(flag.value):
+            fail(f"--{flag.name}={flag.value}: not a finite number")
+    return rest
+
+
+def _main(main, trainer: bool, argv):
+    from absl import logging as absl_logging
+
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and matplotlib are chatty at INFO
+        logging.getLogger().setLevel(logging.WARNING)
+    shown, warnings.showwarning = warnings.showwarning, _one_line_warning
+    try:
+        with errors.sigterm():
+            return main(argv)
+    except app.UsageError as e:
+        fail(f"{e} (--help lists the flags)")
+    except UserError as e:
+        fail(str(e))
+    except errors.Stopped as e:
+        sys.stdout.flush()
+        if trainer:
+            print(f"stopped by SIGTERM {e}; rerun the same command to resume (exit status "
+                  f"{PREEMPTED_EXIT_STATUS})", file=sys.stderr, flush=True)
+            sys.exit(PREEMPTED_EXIT_STATUS)
+        print("stopped by SIGTERM before the end; what was written so far stays (exit status "
+              f"{STOPPED_EXIT_STATUS})", file=sys.stderr, flush=True)
+        sys.exit(STOPPED_EXIT_STATUS)
+    finally:
+        warnings.showwarning = shown
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning as the user reads it: `warning: <message>` (no source line of the library)."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
+def _module_name(main) -> str:
+    return sys.argv[0] if main.__module__ == "__main__" else main.__module__
+
+
+def command_help(main) -> str:
+    """The command's docstring, then its own flags and the shared ones it defines, by group."""
+    doc = (sys.modules[main.__module__].__doc__ or "").strip()
+    parts = [doc, ""] if doc else []
+    groups = [("flags of this command", _module_name(main)), ("shared flags (experiments/common.py)", __name__)]
+    for title, module in groups:
+        if FLAGS.get_flags_for_module(module):
+            body = FLAGS.module_help(module).split("\n", 1)[1]
+            parts += [f"{title}:", body, ""]
+    parts.append("--helpfull lists every flag, the libraries' too.")
+    return "\n".join(parts)
 
 
 COMPILATION_CACHE_ENV = "MANTRA_JAX_COMPILATION_CACHE"
@@ -56,6 +171,7 @@ def define_common_flags(default_workdir: str):
     from mantra_jax.train.loop import LoopConfig
 
     loop = {f.name: f.default for f in dataclasses.fields(LoopConfig)}
+    _TRAINER.append(True)
     flags.DEFINE_string("workdir", default_workdir, "Work directory: checkpoints, metrics, reports. It belongs to "
                         "one run: a rerun with other settings is refused (see --overwrite).")
     flags.DEFINE_bool("overwrite", loop["overwrite"], "Start over: delete the earlier run in --workdir (checkpoints/, "
@@ -67,7 +183,8 @@ def define_common_flags(default_workdir: str):
                          lower_bound=1)
     flags.DEFINE_integer("epochs", loop["epochs"], "Epochs.", lower_bound=1)
     flags.DEFINE_integer("steps_per_epoch", loop["steps_per_epoch"], "Batches per epoch.", lower_bound=1)
-    flags.DEFINE_float("learning_rate", loop["learning_rate"], "Adam learning rate.", lower_bound=0.0)
+    flags.DEFINE_float("learning_rate", loop["learning_rate"], "Adam learning rate (> 0).", lower_bound=0.0)
+    flags.register_validator("learning_rate", lambda value: value > 0, "--learning_rate must be > 0")
     flags.DEFINE_integer("plateau_patience", loop["plateau_patience"], "Epochs without validation-loss improvement "
                          "before the learning rate is halved.", lower_bound=1)
     flags.DEFINE_float("plateau_factor", loop["plateau_factor"], "Learning-rate factor on a plateau.", lower_bound=0.0,
@@ -131,6 +248,7 @@ def photo_index(data_dir: str, patch: int = 256):
         raise UserError(f"--data_dir {data_dir}: " + ("not a folder" if Path(data_dir).exists() else "does not exist"))
     folder = data_dir or bundled.default_photo_dir()
     index = photos.build_patch_index(folder, patch=patch)
+    index.require("train", "val")
     import jax
 
     if jax.process_index() == 0:
@@ -159,18 +277,17 @@ def finish(summary: dict):
 
 
 def start_evaluation_cli(argv, fv, required):
-    """The common start of the checkpoint-evaluation commands: no stray arguments, quiet logging
-    unless --verbosity is given, and the required flags present."""
-    from absl import app
-    from absl import logging as absl_logging
+    """The common start of the checkpoint-evaluation commands: no stray arguments, the required
+    flags present, an --out that can be a folder."""
+    from mantra_jax import workdir
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not fv["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and matplotlib are chatty at INFO
     missing = [name for name in required if not fv[name].value]
     if missing:
         raise app.UsageError(f"missing flags: {', '.join('--' + m for m in missing)}")
+    if "out" in fv and fv["out"].value:
+        workdir.check_output_folder(fv["out"].value)
 
 
 class _StepParser(flags.ArgumentParser):

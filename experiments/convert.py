@@ -2,7 +2,8 @@
 
   python -m experiments.convert --h5 ManTraNet_Ptrain4.h5 --out DIR [--variant Ptrain4] [--force]
 
-Exit status: 0 converted, 1 the file cannot be converted (one line, `error: ...`) or a flag was wrong.
+Exit status: 0 converted, 2 the file cannot be converted or a flag is wrong (one message,
+`error: ...`; experiments/common.py, `run`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments import cli
+from experiments import common
 from mantra_jax.infer import convert
 from mantra_jax.nn import model
 
@@ -27,11 +28,7 @@ flags.DEFINE_bool("force", False, "Replace a checkpoint already in --out.")
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        recognition, cfg, variables = convert.convert(FLAGS.h5, FLAGS.out, variant=FLAGS.variant, force=FLAGS.force)
-    except convert.ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    recognition, cfg, variables = convert.convert(FLAGS.h5, FLAGS.out, variant=FLAGS.variant, force=FLAGS.force)
     for warning in recognition.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     total, _ = model.count_params(variables)
@@ -43,4 +40,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main)

@@ -11,15 +11,13 @@ is printed as one line, `error: ...`, and the exit status is 2.
 """
 from __future__ import annotations
 
-import logging as std_logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments import cli, common
+from experiments import common
 from mantra_jax import provenance
-from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import datasets
 from mantra_jax.metrics import pixel as pixel_metrics
 from mantra_jax.metrics import report
@@ -49,13 +47,6 @@ common.define_compilation_cache_flag()
 flags.DEFINE_enum("image_score", "mean", ["mean", "max"], "Image score for image-level metrics.")
 
 
-class _QuietOrbax(std_logging.Filter):
-    """Drops Orbax's INFO lines (hundreds per checkpoint restored); its warnings stay."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-
 def _evaluate() -> dict:
     options = EvaluationOptions(
         preset=FLAGS.preset, invert_masks=FLAGS.invert_masks, resize_masks=FLAGS.resize_masks,
@@ -71,12 +62,10 @@ def _evaluate() -> dict:
                                authentic=FLAGS.authentic, step=FLAGS.step)
 
 
-@exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     common.use_compilation_cache(FLAGS.compilation_cache)
-    logging.get_absl_handler().addFilter(_QuietOrbax())
     if not FLAGS.out:
         raise app.UsageError("--out is required")
     if FLAGS.from_stats and Path(FLAGS.from_stats).resolve() == Path(FLAGS.out).resolve():
@@ -92,4 +81,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main)

@@ -19,11 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from experiments import cli, common
+from experiments import common
 from mantra_jax import provenance
-from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import imc_eval
 from mantra_jax.nn import config
 
@@ -58,7 +57,6 @@ def print_summary(report: dict, out: str) -> None:
     print(f"\n{report['level_names']}\nreport: {Path(out) / 'imc_report.md'}")
 
 
-@exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     common.start_evaluation_cli(argv, FLAGS, ("checkpoint", "out"))
     with common.output_folder("IMC evaluation", FLAGS.checkpoint):
@@ -70,4 +68,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from experiments import cli, common
+from experiments import common
 from mantra_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -35,23 +35,17 @@ def main(argv: Sequence[str]) -> None:
     if not fv.formats or set(fv.formats) - {"stablehlo", "onnx"}:
         raise app.UsageError(f"--formats takes stablehlo and/or onnx, got {','.join(fv.formats)}")
     from mantra_jax.infer import export  # noqa: PLC0415  (JAX only when a model is run)
-    from mantra_jax.checkpoint import CheckpointError  # noqa: PLC0415
 
-    try:
-        with common.output_folder("export", fv.checkpoint, flag_values=fv):
+    with common.output_folder("export", fv.checkpoint, flag_values=fv):
+        try:
             report = export.export_checkpoint(fv.checkpoint, fv.out, formats=fv.formats, opset=fv.opset,
                                               tolerance=fv.tolerance, log=lambda text: print(text, file=sys.stderr))
-    except export.ExportDependencyError as e:
-        sys.exit(f"error: {e}")
-    except (CheckpointError, ValueError) as e:
-        sys.exit(f"error: cannot export the checkpoint {fv.checkpoint}: {e}")
-    except export.ExportCheckFailed as e:
-        sys.exit(f"error: the export check failed: {e}")
-    except UserError as e:  # --out (common.output_folder): a user error, exit status 2
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        except export.ExportCheckFailed as e:
+            common.fail(f"the export check failed: {e}", status=1)
+        except UserError as e:  # a missing, unusable or wrong-kind checkpoint, a missing package
+            raise UserError(f"cannot export the checkpoint {fv.checkpoint}: {e}") from None
     print(json.dumps({k: report[k] for k in report if k.startswith(("max_abs_diff", "min_height"))}, indent=2))
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main)

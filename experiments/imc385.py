@@ -6,8 +6,7 @@ and reports top-k at that level and every coarser one.
 """
 from absl import app, flags
 
-from experiments import cli, common
-from mantra_jax.errors import exit_on_user_error
+from experiments import common
 
 FLAGS = flags.FLAGS
 common.define_common_flags("runs/imc385")
@@ -16,10 +15,10 @@ flags.DEFINE_integer("level", 5, "Hierarchy level trained (0-5: the paper's HL0 
 flags.DEFINE_integer("crop", 128, "Training crop inside each 256x256 patch.", lower_bound=8, upper_bound=256)
 
 
-@exit_on_user_error
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg = common.loop_config()  # its settings and work directory name checked before any work
     common.setup()
     from mantra_jax.imc import taxonomy
     from mantra_jax.nn import config
@@ -32,8 +31,8 @@ def main(argv):
     task = imc.make_task(model_cfg, level=FLAGS.level, patch_index=index, learning_rate=FLAGS.learning_rate,
                          val_samples=FLAGS.val_samples, val_batch_size=FLAGS.val_batch_size, crop=FLAGS.crop,
                          workers=FLAGS.workers)
-    common.finish(loop.train(task, common.loop_config(), files=common.run_files()))
+    common.finish(loop.train(task, cfg, files=common.run_files()))
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main)

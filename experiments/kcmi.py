@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from experiments import cli, common
+from experiments import common
 from mantra_jax import provenance
-from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import kcmi
 from mantra_jax.nn import config
 
@@ -46,7 +45,6 @@ def print_summary(result: dict, out: str) -> None:
     print(f"report: {Path(out) / 'kcmi_report.md'}")
 
 
-@exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     common.start_evaluation_cli(argv, FLAGS, ("checkpoint", "data_dir", "out"))
     with common.output_folder("KCMI evaluation", FLAGS.checkpoint):
@@ -57,4 +55,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main)

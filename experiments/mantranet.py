@@ -6,8 +6,8 @@ fine-tuned from a converted checkpoint of the authors' weights.
 """
 from absl import app, flags
 
-from experiments import cli, common
-from mantra_jax.errors import exit_on_user_error
+from experiments import common
+from mantra_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 common.define_common_flags("runs/mantranet")
@@ -53,11 +53,11 @@ def _validate():
     return windows, weights
 
 
-@exit_on_user_error
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     windows, weights = _validate()
+    cfg = common.loop_config()  # its settings and work directory name checked before any work
     common.setup()
     from mantra_jax import checkpoint
     from mantra_jax.nn import config
@@ -72,6 +72,10 @@ def main(argv):
         source = checkpoint.read_model_config(FLAGS.imc_checkpoint)
         model_cfg = model_cfg.replace(**config.featex_config_fields(source))
         if FLAGS.init == "authors":
+            if source.head != "ladn":
+                raise UserError(f"--init=authors takes every weight from a ManTra-Net checkpoint; "
+                                f"{FLAGS.imc_checkpoint} holds the {source.head!r} head (an IMC model): "
+                                "use --init=half_freeze or half_random for its Featex")
             model_cfg = source
     index = common.photo_index(FLAGS.data_dir)
     task = mantranet.make_task(
@@ -81,8 +85,8 @@ def main(argv):
         postprocess={} if FLAGS.postprocess else None, val_per_type=FLAGS.val_per_type,
         val_batch_size=FLAGS.val_batch_size, workers=FLAGS.workers, patch_size=FLAGS.patch_size,
         self_donor_prob=FLAGS.self_donor_prob, donor_history_prob=FLAGS.donor_history_prob)
-    common.finish(loop.train(task, common.loop_config(), files=common.run_files()))
+    common.finish(loop.train(task, cfg, files=common.run_files()))
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main)

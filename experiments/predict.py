@@ -3,8 +3,9 @@
   python -m experiments.predict --checkpoint DIR --out OUTDIR [--step best] [--npy] IMAGE_OR_FOLDER...
   python -m experiments.predict [--checkpoint DIR] --trace_checkpoint IMC_DIR [--trace_level 1] --out OUTDIR ...
 
-Exit status: 0 when an image was processed, 1 when none was (or a flag was wrong), 2 for a user
-error (an unusable or wrong-kind checkpoint, an --out that is a file or in use), reported in one line.
+Exit status: 0 when an image was processed, 1 when none was, 2 for a user error (a flag, an
+unusable or wrong-kind checkpoint, an --out that is a file or in use), reported in one line
+(experiments/common.py, `run`).
 """
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from experiments import cli, common
+from experiments import common
 from mantra_jax.infer import predict
 from mantra_jax.data import images
-from mantra_jax.errors import exit_on_user_error
 from mantra_jax.infer import trace
 from mantra_jax.nn import config, tiled
 
@@ -44,10 +44,9 @@ flags.DEFINE_enum("precision", "float32", config.PRECISIONS, "Computation dtype 
 flags.DEFINE_alias("dtype", "precision")
 common.define_compilation_cache_flag()
 flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS, "Refuse images with more pixels (decompression "
-                     "bombs).")
+                     "bombs).", lower_bound=1)
 
 
-@exit_on_user_error
 def main(argv: Sequence[str]) -> int:
     if len(argv) < 2:
         raise app.UsageError("give at least one IMAGE_OR_FOLDER")
@@ -63,4 +62,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main)

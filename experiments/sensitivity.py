@@ -20,10 +20,9 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from experiments import cli, common
+from experiments import common
 from mantra_jax import provenance
 from mantra_jax.data import forgeries
-from mantra_jax.errors import exit_on_user_error
 from mantra_jax.eval import sensitivity
 from mantra_jax.nn import config
 
@@ -53,7 +52,6 @@ flags.DEFINE_integer("batch_size", 8, "Images per forward pass.", lower_bound=1)
 flags.DEFINE_enum("precision", "float32", config.PRECISIONS, "Computation dtype.")
 
 
-@exit_on_user_error
 def main(argv: Sequence[str]) -> None:
     common.start_evaluation_cli(argv, FLAGS, ("checkpoint", "out"))
     studies = [name for name in ("sensitivity", "robustness") if FLAGS[name].value]
@@ -101,4 +99,4 @@ def print_summary(files: sensitivity.StudyFiles, record: dict) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main)

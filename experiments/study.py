@@ -32,9 +32,10 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments import cli
+from experiments import common
 
 FLAGS = flags.FLAGS
+TRAINER = True  # runs trainers: SIGTERM exits 75 (rerun to continue), as a trainer's does
 flags.DEFINE_string("out", "runs/study", "Study folder: one work directory per run, eval/, RESULTS.md.")
 flags.DEFINE_string("pristine_dir", None, "Folder of pristine photos (the subsets below are its sub-folders).")
 flags.DEFINE_list("pristine_subsets", ["kodak24", "cbsd68", "mcmaster18"],
@@ -416,4 +417,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main, trainer=TRAINER)

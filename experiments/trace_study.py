@@ -14,11 +14,11 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments import cli
+from experiments import common
 
-from mantra_jax.errors import exit_on_user_error
 
 FLAGS = flags.FLAGS
+TRAINER = True  # runs trainers: SIGTERM exits 75 (rerun to continue), as a trainer's does
 flags.DEFINE_string("out", "runs/trace", "Study folder: one work directory per run, maps, eval/, the tables.")
 flags.DEFINE_string("pristine_dir", None, "Folder of pristine photos (the training subsets are its sub-folders).")
 flags.DEFINE_list("pristine_subsets", ["kodak24", "cbsd68", "mcmaster18"], "Sub-folders of --pristine_dir used.")
@@ -35,7 +35,6 @@ flags.DEFINE_list("parts", ["probe", "train", "dev", "diagnose", "image_score"],
 flags.DEFINE_string("package_dir", "checkpoints/mantranet_small", "Where the package part ships the chosen model.")
 
 
-@exit_on_user_error
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -56,4 +55,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    common.run(main, trainer=TRAINER)

@@ -13,12 +13,14 @@
 A spec is a TOML file, one per paper table under launch/sweeps/ (format: launch/README.md). Its
 trials are cases x grid (the last axis varying fastest). Trial i gets ROOT/trials/i.flags
 (`--flagfile=<base>`, the fixed flags, the trial's flags, `--workdir=ROOT/<trial name>`) and is
-finished when its work directory holds final_metrics.json. --slurm submits
+finished when its work directory holds final_metrics.json without `time_limited: true` (a trial
+stopped by --max_seconds is continued by the same command, and summarize does not rank it). --slurm submits
 `sbatch --array=<unfinished indices> launch/slurm.sbatch MODULE --flagfile=ROOT/trials/%a.flags`;
 --local runs `python -m MODULE --flagfile=ROOT/trials/i.flags` for each unfinished i. The trainers
 resume from their checkpoints, so the same command resumes an interrupted sweep. A trainer stopped
 by SIGTERM exits with 75 (experiments/common.py); --local then starts no other trial and exits
-with 75 too (a SIGTERM it receives is passed on to the running trial).
+with 75 too (a SIGTERM it receives is passed on to the running trial); it also exits with 75 when
+a trial stopped at its time limit.
 
 Standard library only: this file never imports JAX.
 """
@@ -90,7 +92,17 @@ class Sweep:
         return self.root / TRIALS_DIR / f"{trial.index}.flags"
 
     def is_finished(self, trial: Trial) -> bool:
-        return (self.workdir(trial) / FINAL_METRICS).is_file()
+        return finished(self.workdir(trial) / FINAL_METRICS)
+
+
+def finished(final_metrics: Path) -> bool:
+    """Whether a trial's final_metrics.json says it ran to its end: present, readable, and not
+    stopped by the trainer's time limit (`time_limited`: the same command continues it)."""
+    try:
+        record = json.loads(final_metrics.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and not record.get("time_limited")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,6 +170,13 @@ def read_spec(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such sweep spec") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: a folder, not a sweep spec (.toml file)") from None
+    except OSError as error:
+        raise SpecError(f"{path}: cannot be read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{path}: not a valid spec file: not UTF-8 text ({error.reason} at byte "
+                        f"{error.start})") from None
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: not a valid spec file: {error}") from None
 
@@ -189,8 +208,8 @@ def _expand(spec_path: Path, spec: dict[str, Any], root: str | None,
     if base is not None and (not isinstance(base, str) or not base):
         raise SpecError("`base_flagfile` must be a path")
     name = spec.get("name", spec_path.stem)
-    if not isinstance(name, str) or not name:
-        raise SpecError("`name` must be a non-empty string")
+    if not isinstance(name, str) or not name or not name.isprintable():
+        raise SpecError(f"`name` must be a non-empty string on one line of printable characters, got {name!r}")
 
     fixed = _check_flags("[flags]", spec.get("flags", {}))
     grid = _check_flags("[grid]", spec.get("grid", {}), axis=True)
@@ -228,7 +247,7 @@ def _expand(spec_path: Path, spec: dict[str, Any], root: str | None,
                       for name, value in {**fixed, **flags}.items()}
             try:
                 text = template.format_map({**values, "index": index})
-            except (KeyError, IndexError, ValueError) as error:
+            except Exception as error:  # noqa: BLE001 - any field, attribute or index the values lack
                 raise SpecError(f"trial_name {template!r} cannot be filled for trial {index} "
                                 f"(flags {flags}): {error!r}") from None
         trials.append(Trial(index, _NAME_CHARS.sub("_", text).strip("._-") or "trial", flags))
@@ -332,7 +351,7 @@ def run_local(sweep: Sweep) -> int:
             process.send_signal(signum)
 
     signal.signal(signal.SIGTERM, pass_on)
-    failed = []
+    failed, limited = [], []
     for trial in write_trials(sweep):
         command = [sys.executable, "-m", sweep.module, f"--flagfile={sweep.flagfile(trial)}"]
         print(f"[sweep] trial {trial.index} {trial.name}: {shlex.join(command)}", flush=True)
@@ -346,11 +365,17 @@ def run_local(sweep: Sweep) -> int:
                   "unfinished; run the same command again to resume the sweep",
                   file=sys.stderr, flush=True)
             return PREEMPTED
-        if status != 0 or not sweep.is_finished(trial):
+        if status == 0 and not sweep.is_finished(trial) and (sweep.workdir(trial) / FINAL_METRICS).is_file():
+            limited.append(trial.name)  # stopped by its --max_seconds: the same command continues it
+        elif status != 0 or not sweep.is_finished(trial):
             failed.append(f"{trial.name} (exit status {status})")
     if failed:
         print(f"[sweep] {len(failed)} trials did not finish: {', '.join(failed)}", file=sys.stderr)
         return 1
+    if limited:
+        print(f"[sweep] {len(limited)} trials stopped at their time limit (--max_seconds), unfinished: "
+              f"{', '.join(limited)}; run the same command again to continue them", file=sys.stderr)
+        return PREEMPTED
     print(f"[sweep] {sweep.name}: all {len(sweep.trials)} trials finished", flush=True)
     return 0
 
@@ -435,6 +460,8 @@ def collect_trials(root: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
             record["metrics"] = _read_json(final, "valid JSON")
             if not isinstance(record["metrics"], dict):
                 raise SpecError(f"{final}: expected a JSON object of metrics")
+            if record["metrics"].get("time_limited"):  # a partial result: not ranked as final
+                record.update(status="unfinished", last_step=record["metrics"].get("step"))
         elif log.is_file():
             record.update(status="unfinished", last_step=_last_step(log))
         else:

@@ -56,6 +56,16 @@ class ConfigurationMismatch(CheckpointError, model_lib.VariablesMismatch):
     """Saved weights of other shapes than the model configuration asks for."""
 
 
+def check_directory_name(directory) -> None:
+    """Refuses a checkpoint folder whose absolute path holds a backslash: TensorStore (under Orbax)
+    reads it as a separator and would write the arrays elsewhere, so that no later run could read
+    them back."""
+    text = str(Path(directory).absolute())
+    if "\\" in text:
+        raise CheckpointError(f"{directory}: a checkpoint folder's path cannot hold a backslash (the "
+                              f"array store reads it as a folder separator); use another folder name")
+
+
 def write_model_config(directory, cfg: config_lib.ModelConfig):
     path = Path(directory) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,14 +79,15 @@ def read_model_config(directory) -> config_lib.ModelConfig:
         raise CheckpointError(f"{directory}: not a mantra_jax checkpoint (no {CONFIG_FILE})")
     try:
         return config_lib.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: unreadable model configuration: {e}") from e
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: unusable model configuration: {e}") from None
 
 
 class Checkpointer:
     """Saves and restores training runs: model, optimiser, data iterator and metadata together."""
 
     def __init__(self, directory, *, keep: int = 3, async_save: bool = True):
+        check_directory_name(directory)
         self.directory = Path(directory).absolute()
         self.keep = max(1, int(keep))
         self._manager = ocp.CheckpointManager(
@@ -219,6 +230,7 @@ def save_model(directory, cfg: config_lib.ModelConfig, variables: dict, meta: Op
     """Writes a model-only checkpoint (converted weights, a shipped model) that `load_model` reads,
     as `step` (a trained model: the step it was taken at; converted weights: 0). A `meta` with
     "best_val_loss" makes it the best step by validation loss (mantra_jax.provenance)."""
+    check_directory_name(directory)
     write_model_config(directory, cfg)
     manager = ocp.CheckpointManager(Path(directory).absolute() / STEPS_DIR,
                                     options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
@@ -265,13 +277,14 @@ def load_model(directory, *, step: Optional[int] = None, which: str = "best"):
             variables = {k: restored[k] if k in items else abstract[k] for k in MODEL_ITEMS}
             model_lib.check_variables(variables, cfg, what=f"checkpoint {directory} step {target}")
             manager.close()
+            for error in errors:  # said only when an older step served: else the error says it
+                log.warning("checkpoint %s: skipped the unreadable %s", directory, error)
             return cfg, jax.tree.map(np.asarray, variables)
         except model_lib.VariablesMismatch:
             manager.close()
             raise  # a readable checkpoint of another configuration: no older step will fit either
         except Exception as e:  # noqa: BLE001 - any other failure means this step is unusable
             errors.append(f"step {s}: {_short(e)}")
-            log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one", s, directory, _short(e))
     manager.close()
     raise CheckpointError(f"{directory}: no readable checkpoint step:\n  " + "\n  ".join(errors))
 

@@ -21,7 +21,8 @@ or failed run that created the folder and wrote nothing removes it again.
 
 `check_run` / `write_run`: `run.json` in a trainer's work directory records the settings that
 define the run (mantra_jax.train.loop.run_settings lists them). A rerun with any other value is
-refused before anything is written, naming each difference; `delete_run` starts over.
+refused before anything is written, naming each difference; `delete_run` starts over, and only
+where run.json says a run owns the folder.
 """
 from __future__ import annotations
 
@@ -54,17 +55,31 @@ class OtherRun(UserError):
     """The work directory holds a run with other defining settings."""
 
 
+# -- output folders -------------------------------------------------------------------------------
+def check_output_folder(folder, flag: str = "--out") -> Path:
+    """Raises UserError, naming the flag and the path, unless `folder` is a folder or can be made
+    one: not a file, not below a file, not in a folder this user cannot write. Creates nothing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file, not a folder: give a folder for the outputs")
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {folder}: {ancestor} is a file, so no folder can be made below it")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: {ancestor} cannot be written by this user")
+    return folder
+
+
 # -- the lock -------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def lock(folder, what: str = "run") -> Iterator[Path]:
     """Holds `folder/.lock` while the block runs (creating the folder); raises Locked when another
     live process holds it, and UserError when `folder` exists and is not a folder."""
-    folder = Path(folder)
+    folder = check_output_folder(folder, "--workdir" if what == "training run" else "--out")
     created = not folder.exists()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"{folder} exists and is not a folder") from None
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     mine = _acquire(path, what)
     try:
@@ -212,9 +227,7 @@ def output_folder(folder, what: str = "run", *, overwrite: bool = False, flag: s
     """Holds `folder` (created when missing) for one run that writes its outputs there: see the
     module docstring. Raises UserError for a `folder` that is a file, FolderNotEmpty for one that
     holds files (unless `overwrite`), Locked for one in use."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{flag} {folder} is a file, not a folder: give a folder for the outputs")
+    folder = check_output_folder(folder, flag)
     with lock(folder, what=what):
         present = _files(folder)
         own, earlier = _earlier_run(folder, present)
@@ -300,6 +313,13 @@ def check_run(workdir, settings: dict, recorded: Optional[dict] = None):
             f"{workdir} holds another run; these settings differ from it:\n  " + "\n  ".join(diffs)
             + f"\nNothing was changed. Use another --workdir, or start over in this one with "
               f"--overwrite (which deletes that run's checkpoints, metrics and reports).")
+
+
+def present(workdir, entries: Iterable[str]) -> list[str]:
+    """The names in `workdir` that match the glob patterns `entries` (folders with a slash)."""
+    workdir = Path(workdir)
+    return [p.name + ("/" if p.is_dir() and not p.is_symlink() else "")
+            for pattern in entries for p in sorted(workdir.glob(pattern)) if p.name != LOCK_FILE]
 
 
 def delete_run(workdir, entries: Iterable[str]) -> list[str]:

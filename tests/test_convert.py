@@ -181,7 +181,7 @@ def test_cli_round_trip_gives_the_same_network(tmp_path, ptrain4_variables, imag
 
     # A second conversion into the same directory needs --force.
     refused = _command("--h5", str(h5), "--out", str(out))
-    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"error: {out}: already holds a checkpoint; pass --force to replace it"]
     convert.convert(h5, out, force=True, variant="Ptrain2")
     assert checkpoint.load_model(out)[0] == config.released("Ptrain2")

@@ -260,3 +260,21 @@ def test_size_mismatch_is_unusable_unless_resized(tmp_path):
     rgb, mask = datasets.load_pair(pair, resize_masks=True)
     assert rgb.shape == (12, 16, 3)
     np.testing.assert_array_equal(mask, _expected_region())
+
+
+def test_gif_and_webp_images_pair_and_unreadable_entries_are_listed(tmp_path):
+    grey = np.full((8, 8), 255, np.uint8)
+    ok, webp = cv2.imencode(".webp", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "w.webp").write_bytes(webp.tobytes())
+    (tmp_path / "images" / "g.gif").write_bytes(bytes.fromhex(
+        "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"))
+    (tmp_path / "images" / "loop.png").symlink_to("loop.png")
+    _write(tmp_path / "masks" / "w.png", grey)
+    _write(tmp_path / "masks" / "g.png", grey)
+    _write(tmp_path / "masks" / "loop.png", grey)
+    pairs, skipped = datasets.pair_images_and_masks(tmp_path / "images", tmp_path / "masks")
+    assert sorted(p.image.name for p in pairs) == ["g.gif", "w.webp"]
+    listed = {(Path(s.path).name, s.kind): s for s in skipped}
+    assert "link loop" in listed[("loop.png", "image")].detail  # the loop itself, not only its mask
+    assert ("loop.png", "mask") in listed

@@ -1,6 +1,8 @@
 """Tests for mantra_jax.data.images: every format and pixel type to uint8 RGB, clear errors."""
 
+import os
 import struct
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -212,3 +214,64 @@ def test_list_images_recursive_sorted_and_filtered(tmp_path, rgb):
         images.list_images(tmp_path / "nowhere")
     with pytest.raises(NotADirectoryError, match="b.png"):
         images.list_images(tmp_path / "b.png")
+
+
+# -- every file of a folder listed or accounted for; the header checked before any decoding ------
+_GIF_FRAME = bytes.fromhex("21f9040100000000" "2c000000000100010000" "0202440100")
+ANIMATED_GIF = bytes.fromhex("474946383961" "01000100800000" "000000ffffff") + _GIF_FRAME * 2 + b"\x3b"
+
+
+def _bigtiff(width, height, samples=3):
+    entries = [(256, 16, width), (257, 16, height), (277, 3, samples)]
+    data = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + struct.pack("<Q", len(entries))
+    data += b"".join(struct.pack("<HHQQ", tag, kind, 1, value) for tag, kind, value in entries)
+    return data + struct.pack("<Q", 0) + b"\x00" * 64
+
+
+def _five_channel_tiff():
+    """An uncompressed 2 x 2 TIFF of 5 samples per pixel (OpenCV reads none)."""
+    pixels = bytes(range(20))
+    entries = [(256, 3, 1, 2), (257, 3, 1, 2), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 0), (277, 3, 1, 5), (278, 3, 1, 2), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    ifd = 8
+    data_at = ifd + 2 + 12 * len(entries) + 4
+    entries = [(t, k, c, data_at if t == 273 else v) for t, k, c, v in entries]
+    out = b"II*\x00" + struct.pack("<I", ifd) + struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        out += struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3
+                                                          else struct.pack("<I", value))
+    return out + struct.pack("<I", 0) + pixels
+
+
+def test_every_file_of_a_folder_is_listed_or_accounted_for(tmp_path):
+    ok, png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "a.png").write_bytes(png.tobytes())
+    (tmp_path / "anim.gif").write_bytes(ANIMATED_GIF)
+    (tmp_path / "notes.txt").write_text("x")
+    os.mkfifo(tmp_path / "fifo.png")
+    os.symlink("nowhere.png", tmp_path / "dangling.png")
+    os.symlink("loop.png", tmp_path / "loop.png")
+    skipped = []
+    assert [p.name for p in images.list_images(tmp_path, skipped)] == ["a.png", "anim.gif"]
+    reasons = {Path(path).name: reason for path, reason in skipped}
+    assert set(reasons) == {"notes.txt", "fifo.png", "dangling.png", "loop.png"}
+    assert "FIFO" in reasons["fifo.png"] and "broken symbolic link" in reasons["dangling.png"]
+    assert "link loop" in reasons["loop.png"] and "not an image file name" in reasons["notes.txt"]
+    with pytest.raises(images.ImageReadError, match="FIFO"):  # never opened: it would block
+        images.read_rgb(tmp_path / "fifo.png")
+    assert images.read_rgb(tmp_path / "anim.gif").shape == (1, 1, 3)
+    assert images.file_frames_note(tmp_path / "anim.gif") == "animated GIF: first of 2 frames read"
+
+
+def test_sizes_come_from_the_header_and_huge_files_are_not_read(tmp_path):
+    (tmp_path / "big.tif").write_bytes(_bigtiff(18000, 18000))
+    assert images.header_size(_bigtiff(18000, 18000)) == (18000, 18000)
+    with pytest.raises(images.ImageReadError, match="18000x18000 = 324000000 pixels exceeds .* before decoding"):
+        images.read_rgb(tmp_path / "big.tif")
+    (tmp_path / "five.tif").write_bytes(_five_channel_tiff())
+    with pytest.raises(images.ImageReadError, match="5 samples per pixel, which is not read"):
+        images.read_rgb(tmp_path / "five.tif")
+    with open(tmp_path / "sparse.png", "wb") as f:  # 3 GiB of nothing, on a sparse file
+        f.truncate(3 << 30)
+    with pytest.raises(images.ImageReadError, match="refused before reading"):
+        images.read_rgb(tmp_path / "sparse.png")

@@ -166,6 +166,9 @@ def test_cases_and_grid_are_crossed_in_order(tmp_path):
     ('module = "m"\nworkdir = "w"\n[grid]\nlevel = []\n', "non-empty list"),
     ('workdir = "w"\n', "module"),
     ('module = "m"\nworkdir = "w"\n[grid\n', "not a valid spec"),
+    ('name = "a\\nb"\nmodule = "m"\nworkdir = "w"\n', "one line"),
+    ('module = "m"\nworkdir = "w"\ntrial_name = "{level.real.foo}"\n[grid]\nlevel = [1]\n', "cannot be filled"),
+    ('module = "m"\nworkdir = "w"\ntrial_name = "{level[0]}"\n[grid]\nlevel = [1]\n', "cannot be filled"),
 ])
 def test_bad_specs_are_rejected_naming_the_file(tmp_path, body, message):
     spec = tmp_path / "bad.toml"
@@ -173,6 +176,15 @@ def test_bad_specs_are_rejected_naming_the_file(tmp_path, body, message):
     with pytest.raises(sweep.SpecError, match=re.escape(message)) as error:
         sweep.load_sweep(spec)
     assert str(spec) in str(error.value)
+
+
+def test_a_spec_that_is_a_folder_or_not_text_is_one_error(tmp_path):
+    (tmp_path / "folder.toml").mkdir()
+    (tmp_path / "latin1.toml").write_bytes(b'name = "caf\xe9"\nmodule = "m"\nworkdir = "w"\n')
+    for spec, words in (("folder.toml", "a folder, not a sweep spec"), ("latin1.toml", "not UTF-8")):
+        result = run_script([LAUNCH / "sweep.py", "--dry_run", tmp_path / spec])
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ") and words in result.stderr, result.stderr
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,8 +274,9 @@ FAKE_TRAINER = """
     loss = abs(float(flags["learning_rate"]) - 0.01)
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as log:
         log.write(json.dumps({"step": 1, "loss": loss}) + "\\n")
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as out:
-        json.dump({"step": int(flags["steps"]), "val_loss": loss, "val_acc": 1 - loss}, out)
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as out:  # --limited: stopped by --max_seconds
+        json.dump({"step": int(flags["steps"]), "val_loss": loss, "val_acc": 1 - loss,
+                   "time_limited": flags.get("limited") == "true"}, out)
 """
 
 
@@ -360,6 +373,22 @@ def test_local_sweep_passes_sigterm_on_and_starts_no_other_trial(fake_project):
     assert result.returncode == 75, result.stderr
     assert "trial preempt-runner stopped by SIGTERM (exit status 75)" in result.stderr
     assert _calls(project / "runs" / "runner") == ["preempt-runner"]
+
+
+def test_a_trial_stopped_at_its_time_limit_is_unfinished_resumed_and_not_ranked(fake_project):
+    project, env = fake_project
+    root = project / "runs" / "demo"
+    result = run_script([LAUNCH / "sweep.py", "demo.toml", "--local", "--set", "limited=true"], cwd=project, env=env)
+    assert result.returncode == 75, result.stderr  # unfinished: try again later
+    assert "stopped at their time limit" in result.stderr
+    dry = run_script([LAUNCH / "sweep.py", "--dry_run", "demo.toml"], cwd=project, env=env)
+    assert [line.split("\t")[1] for line in dry.stdout.splitlines()] == ["todo", "todo", "todo"]
+    summary = run_script([LAUNCH / "sweep.py", "summarize", root], cwd=project, env=env)
+    rows = [line for line in summary.stdout.splitlines() if line.startswith("| ") and "demo" not in line][1:]
+    assert rows and all("unfinished (step 7)" in row and row.startswith("| - ") for row in rows), summary.stdout
+    # The same command (without the limit now) continues every one of them.
+    result = run_script([LAUNCH / "sweep.py", "demo.toml", "--local"], cwd=project, env=env)
+    assert result.returncode == 0 and len(_calls(root)) == 6, result.stderr
 
 
 def test_summary_ranks_finished_trials_best_first(fake_project):

@@ -1,6 +1,7 @@
 """Inference from Python and from the command line, on a tiny random-weight checkpoint."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -452,3 +453,26 @@ def test_a_folder_of_distinct_sizes_compiles_a_bounded_number_of_programs(ckpt, 
     with _counting_compilations() as run:  # the command's loop, its own Predictor (default tile)
         assert predict.predict_folder(ckpt, [str(folder)], tmp_path / "out") == 0
     assert run.count <= 4
+
+
+def test_any_name_and_kind_of_file_in_a_folder_is_processed_or_listed(ckpt, tmp_path, capsys):
+    images_dir = tmp_path / "in"
+    images_dir.mkdir()
+    odd = os.fsdecode(b"caf\xe9.png")  # not UTF-8
+    long_name = "x" * 250 + ".png"  # 254 bytes: "<stem>_overlay.png" would pass 255
+    for name in (odd, long_name, "plain.png"):
+        _write(images_dir / name, _photo()[..., ::-1])
+    os.mkfifo(images_dir / "fifo.png")  # would hang a run that opened it
+    (images_dir / "notes.txt").write_text("x")
+    out = tmp_path / "out"
+    status, err = _cli([ckpt, [str(images_dir)], out], capsys)
+    assert status == 0, err
+    with open(out / "summary.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and any("caf\\udce9.png" in r["file"] for r in rows)
+    assert all(len(os.fsencode(p.name)) <= 255 for p in out.iterdir())
+    with open(out / "skipped.csv", newline="") as f:
+        skipped = {Path(r["file"]).name: r["error"] for r in csv.DictReader(f)}
+    assert set(skipped) == {"fifo.png", "notes.txt"} and "FIFO" in skipped["fifo.png"]
+    page = (out / "index.html").read_bytes()
+    assert b"http-equiv" not in page and b"caf%E9.png" in page  # the finished page, linking the odd name

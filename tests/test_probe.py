@@ -88,8 +88,6 @@ def test_probe_tells_a_trace_sensitive_extractor_from_a_blind_one():
 
 
 def test_image_scores_match_numpy():
-    import cv2
-
     rng = np.random.default_rng(4)
     prob = rng.random((40, 50)).astype(np.float32)
     assert trace.image_score(prob, "mean") == pytest.approx(prob.mean())

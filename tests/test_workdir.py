@@ -1,15 +1,20 @@
 """Folders that belong to one run (mantra_jax/workdir.py): the lock, the run record, and the
 output folders of predict and evaluate held by the same lock."""
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+import time
 
 import pytest
+from absl import app
 
+from experiments import common
 from mantra_jax import workdir
-from mantra_jax.errors import UserError, exit_on_user_error
+from mantra_jax.errors import UserError
 from tests.helpers import hold_lock
 
 
@@ -74,16 +79,58 @@ def test_run_record_names_each_difference(tmp_path):
     workdir.check_run(tmp_path, dict(settings, added_since=1))
 
 
-def test_exit_on_user_error_is_one_line_and_status_2_but_bugs_keep_their_trace(capsys):
-    @exit_on_user_error
-    def main(what):
-        raise (UserError("bad --data_dir") if what == "user" else KeyError("bug"))
-
+def _run(main, capsys, *, trainer=False):
+    """experiments.common.run on `main` in this process: (exit status, stderr)."""
     with pytest.raises(SystemExit) as stop:
-        main("user")
-    assert stop.value.code == 2 and capsys.readouterr().err == "error: bad --data_dir\n"
-    with pytest.raises(KeyError):
-        main("bug")
+        common.run(main, trainer=trainer, argv=["command"])
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_every_command_ends_the_same_way_on_user_errors_usage_errors_and_sigterm(capsys, tmp_path):
+    def user(argv):
+        raise UserError("bad --data_dir")
+
+    assert _run(user, capsys) == (2, "error: bad --data_dir\n")
+
+    def usage(argv):
+        raise app.UsageError("give at least one IMAGE")
+
+    status, err = _run(usage, capsys)
+    assert status == 2 and err == "error: give at least one IMAGE (--help lists the flags)\n"  # no help dump
+
+    def bug(argv):
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        common.run(bug, argv=["command"])
+
+    def stopped_while_holding_a_lock(argv):
+        with workdir.lock(tmp_path / "held"):
+            (tmp_path / "held" / "partial").write_text("x")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("not reached")
+
+    for trainer, status in ((True, 75), (False, 143)):
+        before = signal.getsignal(signal.SIGTERM)
+        code, err = _run(stopped_while_holding_a_lock, capsys, trainer=trainer)
+        assert code == status and err.startswith("stopped by SIGTERM") and "Traceback" not in err
+        assert ("rerun the same command" in err) == trainer
+        assert not (tmp_path / "held" / workdir.LOCK_FILE).exists()  # the lock was released
+        assert signal.getsignal(signal.SIGTERM) == before  # the handler lives as long as the command
+
+
+def test_an_output_folder_below_a_file_or_unwritable_is_refused_before_anything_is_made(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for folder, words in ((a_file, "is a file, not a folder"), (a_file / "sub" / "deeper", "is a file, so no folder")):
+        with pytest.raises(UserError, match=words):
+            workdir.check_output_folder(folder)
+        with pytest.raises(UserError, match=words):
+            with workdir.lock(folder):
+                pass
+    assert workdir.check_output_folder(tmp_path / "new" / "out") == tmp_path / "new" / "out"
+    assert not (tmp_path / "new").exists()
 
 
 def test_predict_and_evaluate_refuse_an_output_folder_in_use(tmp_path):

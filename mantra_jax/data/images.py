@@ -22,7 +22,11 @@ says so, for the entry points to report it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import mmap
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -31,6 +35,7 @@ import numpy as np
 
 # Lower-case suffixes that list_images() collects.
 IMAGE_SUFFIXES = (
+    ".gif",
     ".bmp",
     ".dib",
     ".jpeg",
@@ -58,11 +63,14 @@ class ImageReadError(ValueError):
     """An image could not be read; the message names the file and the problem."""
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
+def list_images(folder: str | os.PathLike, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """Returns the image files under ``folder``, recursively, sorted by relative path.
 
     Hidden files and folders (a leading dot, e.g. macOS ``._x.jpg`` resource forks)
-    are ignored. Symbolic links to folders are followed once (loops are cut).
+    are ignored. Symbolic links to folders are followed once (loops are cut). What else the
+    folder holds is appended to ``skipped`` (when given) as (path, reason), so that every file
+    is either listed or accounted for: files of other suffixes, broken symbolic links and link
+    loops, what is not a regular file (a FIFO, a socket, a device), folders that cannot be read.
     """
     root = Path(folder)
     if not root.exists():
@@ -70,8 +78,13 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise NotADirectoryError(f"image folder {str(root)!r} is not a directory")
     found: list[tuple[str, Path]] = []
+    left: list[tuple[str, str]] = []
     visited_dirs: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def unreadable(error: OSError):
+        left.append((str(error.filename), f"a folder that cannot be read ({error.strerror or error})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
         real = os.path.realpath(dirpath)
         if real in visited_dirs:
             dirnames[:] = []
@@ -79,12 +92,41 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
         visited_dirs.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            if name.startswith("."):
                 continue
             path = Path(dirpath) / name
-            found.append((path.relative_to(root).as_posix(), path))
+            reason = file_problem(path)
+            if reason is None and Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                reason = f"not an image file name (suffix {Path(name).suffix or 'none'}; read: {', '.join(IMAGE_SUFFIXES)})"
+            if reason is None:
+                found.append((path.relative_to(root).as_posix(), path))
+            else:
+                left.append((str(path), reason))
     found.sort(key=lambda item: item[0])
+    if skipped is not None:
+        skipped.extend(sorted(left))
     return [path for _, path in found]
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as an image file (None: a regular file, or a link to one):
+    a broken symbolic link or a link loop, a FIFO, socket or device (opening a FIFO would wait
+    forever), a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return ("a broken symbolic link (its target does not exist)" if os.path.islink(path)
+                else "no such file or folder")
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop, not an image"
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+    return f"{kind}, not an image file"
 
 
 def read_rgb(
@@ -98,9 +140,8 @@ def read_rgb(
     ``apply_orientation=False`` keeps the stored pixel order, ignoring EXIF orientation:
     right for an image whose ground-truth mask annotates the stored raster.
     """
-    return decode_rgb(
-        _read_bytes(path), name=str(path), max_pixels=max_pixels, apply_orientation=apply_orientation
-    )
+    with _mapped(path, max_pixels) as data:
+        return decode_rgb(data, name=str(path), max_pixels=max_pixels, apply_orientation=apply_orientation)
 
 
 def read_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -110,7 +151,8 @@ def read_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -
     kept, EXIF orientation ignored. For ground-truth masks, whose stored values and raster
     are what they annotate.
     """
-    return _decode(_read_bytes(path), str(path), max_pixels, cv2.IMREAD_UNCHANGED)
+    with _mapped(path, max_pixels) as data:
+        return _decode(data, str(path), max_pixels, cv2.IMREAD_UNCHANGED)
 
 
 def decode_rgb(
@@ -134,12 +176,38 @@ def decode_rgb(
     return _convert(decoded, name)
 
 
-def _read_bytes(path: str | os.PathLike) -> bytes:
+# Bytes per pixel of the largest uncompressed layout (float64 RGBA), and room for metadata: a file
+# larger than its pixel limit allows cannot be an image within it. OpenCV decodes buffers of
+# fewer than 2**31 bytes only.
+_MAX_BYTES_PER_PIXEL = 32
+_METADATA_BYTES = 64 << 20
+_MAX_DECODED_BYTES = 2**31 - 1
+
+
+@contextlib.contextmanager
+def _mapped(path: str | os.PathLike, max_pixels: int):
+    """The file's bytes, memory-mapped: the header checks read only the header, however large the
+    file. Refused first: what is not a regular file (a FIFO would block), an empty file, and a
+    file too large for any image within ``max_pixels``."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise ImageReadError(f"{path}: {problem}")
     try:
         with open(path, "rb") as f:
-            return f.read()
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise ImageReadError(f"{path}: the file is empty")
+            if size > min(max(max_pixels, 0) * _MAX_BYTES_PER_PIXEL + _METADATA_BYTES, _MAX_DECODED_BYTES):
+                raise ImageReadError(f"{path}: a file of {size} bytes, more than an image within the limit of "
+                                     f"{max_pixels} pixels (and the decoder's 2 GiB) can take; refused before reading")
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as e:
         raise ImageReadError(f"{path}: cannot open the file ({e.strerror or e})") from e
+    try:
+        yield mapped
+    finally:
+        with contextlib.suppress(BufferError):  # a view still held (an error's traceback): the GC closes it
+            mapped.close()
 
 
 def _decode(data: bytes, name: str, max_pixels: int, flags: int) -> np.ndarray:
@@ -163,6 +231,10 @@ def _decode(data: bytes, name: str, max_pixels: int, flags: int) -> np.ndarray:
         message = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         raise ImageReadError(f"{name}: OpenCV could not decode the image ({message})") from e
     if decoded is None:
+        samples = _tiff_tags(data).get(277) if data[:4] in _TIFF_MAGIC else None
+        if samples is not None and samples not in (1, 2, 3, 4):
+            raise ImageReadError(f"{name}: a TIFF of {samples} samples per pixel, which is not read (grey, "
+                                 "grey and alpha, RGB and RGBA are)")
         raise ImageReadError(
             f"{name}: not a readable image (unknown format, truncated or corrupt data)"
         )
@@ -237,9 +309,12 @@ def header_size(data: bytes) -> tuple[int, int] | None:
             return _bmp_size(data)
         if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
             return _webp_size(data)
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
+        if data[:4] in _TIFF_MAGIC:
             return _tiff_size(data)
-    except (struct.error, IndexError):
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            width, height = struct.unpack("<HH", data[6:10])
+            return height, width
+    except (struct.error, IndexError, ValueError):
         return None
     return None
 
@@ -299,22 +374,40 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF, then BigTIFF
+
+
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
-    endian = "<" if data[:2] == b"II" else ">"
-    (ifd,) = struct.unpack(endian + "I", data[4:8])
-    (count,) = struct.unpack(endian + "H", data[ifd : ifd + 2])
-    values: dict[int, int] = {}
-    for i in range(count):
-        entry = data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
-        tag, kind, _ = struct.unpack(endian + "HHI", entry[:8])
-        if tag in (256, 257):  # ImageWidth, ImageLength
-            if kind == 3:  # SHORT
-                (values[tag],) = struct.unpack(endian + "H", entry[8:10])
-            elif kind == 4:  # LONG
-                (values[tag],) = struct.unpack(endian + "I", entry[8:12])
-    if 256 in values and 257 in values:
+    values = _tiff_tags(data)
+    if 256 in values and 257 in values:  # ImageWidth, ImageLength
         return values[257], values[256]
     return None
+
+
+def _tiff_tags(data: bytes) -> dict[int, int]:
+    """ImageWidth (256), ImageLength (257) and SamplesPerPixel (277) of the first page of a TIFF or
+    BigTIFF, from its first directory only ({} when it cannot be parsed)."""
+    endian = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    # BigTIFF: 8-byte offsets and counts, 20-byte entries (tag, type, count, value or offset).
+    offset, count_format, entry_size, value_at = ("Q", "Q", 20, 12) if big else ("I", "H", 12, 8)
+    values: dict[int, int] = {}
+    try:
+        (ifd,) = struct.unpack(endian + offset, data[8:16] if big else data[4:8])
+        count_size = struct.calcsize(count_format)
+        (count,) = struct.unpack(endian + count_format, data[ifd : ifd + count_size])
+        for i in range(min(count, 4096)):
+            start = ifd + count_size + entry_size * i
+            entry = data[start : start + entry_size]
+            tag, kind = struct.unpack(endian + "HH", entry[:4])
+            if tag in (256, 257, 277):
+                kinds = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8 (BigTIFF)
+                if kind in kinds:
+                    size = struct.calcsize(kinds[kind])
+                    (values[tag],) = struct.unpack(endian + kinds[kind], entry[value_at : value_at + size])
+    except (struct.error, IndexError, ValueError):
+        return values
+    return values
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,9 +434,9 @@ def frames_note(data: bytes) -> str:
 def file_frames_note(path: str | os.PathLike) -> str:
     """:func:`frames_note` of a file ("" when it cannot be read: reading it reports that)."""
     try:
-        with open(path, "rb") as f:
-            return frames_note(f.read())
-    except OSError:
+        with _mapped(path, DEFAULT_MAX_PIXELS) as data:
+            return frames_note(data)
+    except ImageReadError:
         return ""
 
 

@@ -95,6 +95,15 @@ class PatchIndex:
         return {"folder": self.root, "patch": self.patch_size, "min_std": self.min_std,
                 "patches": {s: len(self.entries(s)) for s in SPLITS}}
 
+    def require(self, *splits: str) -> None:
+        """Raises NoUsablePhotos unless each of `splits` holds a patch (a trainer needs train and val)."""
+        empty = [s for s in splits if not self.entries(s)]
+        if empty:
+            raise NoUsablePhotos(
+                f"{self.root}: the {' and '.join(empty)} split(s) hold no {self.patch_size}x{self.patch_size} "
+                f"patch ({self.summary().split(': ', 1)[1]}). Photos go to train/val/test 8:1:1 by a hash of "
+                f"their path, so a folder of few photos can leave a split empty: add photos")
+
     def summary(self) -> str:
         return (
             f"{self.root}: {self.num_images} photos, patches train/val/test = "
@@ -109,7 +118,8 @@ def split_of(relative_path: str | os.PathLike) -> str:
     The path is taken in POSIX form, so the split does not depend on the platform.
     """
     posix = Path(relative_path).as_posix()
-    bucket = int.from_bytes(hashlib.sha256(posix.encode("utf-8")).digest()[:8], "big") % 10
+    # A name that is not UTF-8 hashes its own bytes (surrogateescape); UTF-8 names are unchanged.
+    bucket = int.from_bytes(hashlib.sha256(posix.encode("utf-8", "surrogateescape")).digest()[:8], "big") % 10
     if bucket < 8:
         return "train"
     return "val" if bucket == 8 else "test"
@@ -171,7 +181,11 @@ def build_patch_index(
       NoUsablePhotos (a ValueError): no usable patch in the whole folder.
     """
     root = Path(folder).resolve()
-    paths = images.list_images(root)
+    left: list[tuple[str, str]] = []
+    paths = images.list_images(root, left)
+    # What cannot be an image file (broken links, link loops, FIFOs, unreadable folders) is
+    # reported with the unreadable photos; files of other names are not photos and go unsaid.
+    listing_problems = [f"{path}: {reason}" for path, reason in left if not reason.startswith("not an image file name")]
     if not paths:
         raise NoUsablePhotos(
             f"{root}: no image file found (looked recursively for {', '.join(images.IMAGE_SUFFIXES)})"
@@ -192,8 +206,7 @@ def build_patch_index(
         if use_cache:
             _write_cache(cache_file, relative, origins_per_image, unreadable, too_small)
 
-    if unreadable or too_small:
-        _warn_skipped(root, unreadable, too_small, patch)
+    unreadable = listing_problems + list(unreadable)
 
     per_split: dict[str, list[PatchEntry]] = {s: [] for s in SPLITS}
     num_images = 0
@@ -201,12 +214,14 @@ def build_patch_index(
         if origins:
             num_images += 1
             per_split[split_of(rel)].extend(PatchEntry(rel, y, x) for y, x in origins)
-    if num_images == 0:
+    if num_images == 0:  # refused without the list of every photo: the counts say it
         raise NoUsablePhotos(
             f"{root}: no usable {patch}x{patch} patch: {len(relative)} image files, "
             f"{len(unreadable)} unreadable, {len(too_small)} smaller than {patch} px, the "
             f"others have no patch with intensity std >= {min_std}"
         )
+    if unreadable or too_small:
+        _warn_skipped(root, unreadable, too_small, patch)
     index = PatchIndex(
         root=str(root),
         patch_size=patch,
@@ -218,9 +233,6 @@ def build_patch_index(
         too_small=tuple(too_small),
         num_images=num_images,
     )
-    for split in SPLITS:
-        if not index.entries(split):
-            logging.warning("%s: the %s split has no patch", root, split)
     logging.info("%s", index.summary())
     return index
 
@@ -263,17 +275,19 @@ def _scan(
     return origins_per_image, unreadable, too_small
 
 
+_WARNED_NAMES = 5  # files named per kind in the warning; the others are counted
+
+
 def _warn_skipped(root: Path, unreadable: list[str], too_small: list[str], patch: int) -> None:
     lines = []
-    if unreadable:
-        lines.append(f"{len(unreadable)} unreadable image file(s) skipped under {root}:")
-        lines.extend(f"  {problem}" for problem in unreadable)
-    if too_small:
-        lines.append(f"{len(too_small)} photo(s) smaller than {patch} px skipped under {root}:")
-        lines.extend(f"  {rel}" for rel in too_small)
-    message = "\n".join(lines)
-    logging.warning("%s", message)
-    warnings.warn(message, stacklevel=3)
+    for title, names in ((f"unreadable image file(s) skipped under {root}", unreadable),
+                         (f"photo(s) smaller than {patch} px skipped under {root}", too_small)):
+        if names:
+            lines.append(f"{len(names)} {title}:")
+            lines.extend(f"  {name}" for name in names[:_WARNED_NAMES])
+            if len(names) > _WARNED_NAMES:
+                lines.append(f"  ... and {len(names) - _WARNED_NAMES} more (PatchIndex.unreadable / .too_small list them)")
+    warnings.warn("\n".join(lines), stacklevel=3)
 
 
 def _load_cache(

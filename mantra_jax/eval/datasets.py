@@ -40,7 +40,7 @@ import numpy as np
 
 from mantra_jax.data import images as image_io
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = image_io.IMAGE_SUFFIXES  # what the image reader decodes (GIF and WebP included)
 MASK_EXTENSIONS = IMAGE_EXTENSIONS
 BINARY_THRESHOLD = 127  # forged where the grey mask is > 127
 # Columbia edge masks are JPEGs: a channel difference below this is colour noise, not a hue.
@@ -189,15 +189,27 @@ def _is_within(path: Path, folder: Path) -> bool:
 
 
 def list_files(folder: str | Path, extensions: Sequence[str], *, recursive: bool = False,
-               exclude: Path | None = None, role: str = "images") -> list[Path]:
-    """Files of ``folder`` with one of ``extensions`` (any case), sorted; raises if none."""
+               exclude: Path | None = None, role: str = "images", skipped: list | None = None,
+               kind: str = "image") -> list[Path]:
+    """Files of ``folder`` with one of ``extensions`` (any case), sorted; raises if none. Entries
+    with such a name that are no readable file (a broken link, a link loop, a FIFO, ...) are
+    appended to ``skipped`` (when given) as Skipped(path, "unreadable", kind, why)."""
     folder = _check_folder(folder, role)
     candidates = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(
-        p for p in candidates
-        if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
-        and not (exclude is not None and exclude.resolve() != folder.resolve() and _is_within(p, exclude))
-    )
+    files = []
+    for p in sorted(candidates):
+        if p.suffix.lower() not in extensions or p.name.startswith("."):
+            continue
+        problem = image_io.file_problem(p)
+        if problem == "a folder, not an image file":
+            continue
+        if exclude is not None and exclude.resolve() != folder.resolve() and (problem is None or not p.is_symlink()) \
+                and _is_within(p, exclude):
+            continue
+        if problem is None:
+            files.append(p)
+        elif skipped is not None:
+            skipped.append(Skipped(str(p), "unreadable", kind, problem))
     if not files:
         raise ValueError(
             f"{role} folder {folder} holds no files with extensions {', '.join(extensions)}"
@@ -249,9 +261,11 @@ def pair_images_and_masks(images_dir: str | Path, masks_dir: str | Path,
     images_dir = _check_folder(images_dir, "images")
     masks_dir = _check_folder(masks_dir, "masks")
     same_folder = images_dir.resolve() == masks_dir.resolve()
+    skipped: list[Skipped] = []
     images = list_files(images_dir, IMAGE_EXTENSIONS, recursive=preset.recursive, exclude=masks_dir,
-                        role="images")
-    masks = list_files(masks_dir, MASK_EXTENSIONS, recursive=preset.recursive, role="masks")
+                        role="images", skipped=skipped)
+    masks = list_files(masks_dir, MASK_EXTENSIONS, recursive=preset.recursive, role="masks", skipped=skipped,
+                       kind="mask")
     mask_suffixes = preset.mask_suffixes
     if same_folder:
         # A file cannot be its own mask: only suffixed stems are masks, the rest are images.
@@ -263,7 +277,6 @@ def pair_images_and_masks(images_dir: str | Path, masks_dir: str | Path,
         mask_set = set(masks)
         images = [p for p in images if p not in mask_set]
 
-    skipped: list[Skipped] = []
     forged_images = []
     for image in images:
         if preset.forged_image_tag and _strip_suffix(image.stem, preset.forged_image_tag) is None:
@@ -357,10 +370,13 @@ def _pair_by_index(images, masks, index, index_path, skipped):
     return pairs, used
 
 
-def list_authentic_images(folder: str | Path, preset: str | Preset | None = None) -> list[Path]:
-    """The authentic images of ``folder``; with a tagged layout (COVERAGE), the untagged stems."""
+def list_authentic_images(folder: str | Path, preset: str | Preset | None = None,
+                          skipped: list | None = None) -> list[Path]:
+    """The authentic images of ``folder``; with a tagged layout (COVERAGE), the untagged stems.
+    Unreadable entries go to ``skipped`` as in `list_files`."""
     preset = get_preset(preset)
-    images = list_files(folder, IMAGE_EXTENSIONS, recursive=preset.recursive, role="authentic images")
+    images = list_files(folder, IMAGE_EXTENSIONS, recursive=preset.recursive, role="authentic images",
+                        skipped=skipped, kind="authentic")
     if preset.forged_image_tag:
         images = [p for p in images if _strip_suffix(p.stem, preset.forged_image_tag) is None]
         if not images:

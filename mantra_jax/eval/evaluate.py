@@ -290,7 +290,14 @@ def recompute_from_stats(stats_dir: str | Path, out_dir: str | Path,
         raise UserError(f"cannot read the statistics of {stats_dir}: {e}") from e
     previous = {}
     if (stats_dir / "report.json").exists():
-        previous = json.loads((stats_dir / "report.json").read_text())
+        try:
+            previous = json.loads((stats_dir / "report.json").read_text())
+        except ValueError as e:
+            raise UserError(f"{stats_dir / 'report.json'}: not a report (unreadable JSON: {e})") from None
+        if not isinstance(previous, dict) or not all(
+                isinstance(previous.get(k, t()), t) for k, t in (("run", dict), ("options", dict), ("skipped", list),
+                                                                  ("notes", list))):
+            raise UserError(f"{stats_dir / 'report.json'}: not a report written by experiments.evaluate")
     rows = [pixel_metrics.image_metrics(s, negate_rule=options.negate_rule, invert=options.invert_predictions)
             for s in stats]
     metadata = dict(previous.get("run", {}), recomputed_from=str(stats_dir))
@@ -301,9 +308,9 @@ def recompute_from_stats(stats_dir: str | Path, out_dir: str | Path,
                       previous.get("notes", []))
     # The page: the new numbers, with the photos and masks the earlier run's per_image.csv names.
     files = {}
-    if (stats_dir / "per_image.csv").is_file():
-        with open(stats_dir / "per_image.csv", newline="") as f:
-            files = {r["name"]: r for r in csv.DictReader(f)}
+    if (stats_dir / "per_image.csv").is_file():  # without it, or without its name column: no photos shown
+        with open(stats_dir / "per_image.csv", newline="", errors="replace") as f:
+            files = {r["name"]: r for r in csv.DictReader(f) if r.get("name") is not None}
     page = _new_page(Path(out_dir), metadata, previous.get("skipped", []))
     for row in rows:
         earlier = files.get(row["name"], {})
@@ -333,7 +340,8 @@ def evaluate_checkpoint(checkpoint, images, masks, out_dir, options: EvaluationO
     _check_out(out_dir)
     try:  # the folder checks raise these, naming the folder and the problem
         pairs, skipped = datasets.pair_images_and_masks(images, masks, preset=options.preset)
-        authentic_paths = datasets.list_authentic_images(authentic, preset=options.preset) if authentic else None
+        authentic_paths = (datasets.list_authentic_images(authentic, preset=options.preset, skipped=skipped)
+                           if authentic else None)
     except (OSError, ValueError) as e:
         raise UserError(str(e)) from e
     logging.info("%d pairs, %d files skipped while pairing, %s authentic images", len(pairs), len(skipped),

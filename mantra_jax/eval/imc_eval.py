@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mantra_jax import provenance
+from mantra_jax.errors import UserError
 from mantra_jax.data import imc_pipeline
 from mantra_jax.data.photos import PatchIndex
 from mantra_jax.imc import taxonomy
@@ -37,7 +38,7 @@ DEFAULT_SAMPLES = 3800
 Progress = Callable[[int, int], None]
 
 
-class NotAnImcModel(ValueError):
+class NotAnImcModel(UserError, ValueError):
     """The checkpoint holds a network without the IMC decision head (or an unknown class count)."""
 
 

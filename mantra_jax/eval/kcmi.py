@@ -36,6 +36,7 @@ from typing import Optional
 import numpy as np
 
 from mantra_jax import provenance
+from mantra_jax.errors import UserError
 from mantra_jax.data import images
 from mantra_jax.metrics.plots import plot_confusion
 
@@ -48,7 +49,7 @@ DEFAULT_CROP = 512
 log = logging.getLogger(__name__)
 
 
-class KcmiDataError(ValueError):
+class KcmiDataError(UserError, ValueError):
     """The camera folder cannot support the test; the message names the folder and the problem."""
 
 

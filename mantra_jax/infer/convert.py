@@ -39,6 +39,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from mantra_jax.errors import UserError
 from mantra_jax.nn import config as config_lib
 from mantra_jax.nn import model as model_lib
 
@@ -53,7 +54,7 @@ _VARIABLE_INDEX = re.compile(r":\d+$")
 _VARIANT_IN_NAME = re.compile(r"ptrain([0-4])(?!\d)", re.IGNORECASE)
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A file that cannot be converted; the message names the file and the problem."""
 
 

@@ -48,6 +48,7 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
+from mantra_jax.errors import UserError
 from mantra_jax.nn import config as config_lib
 from mantra_jax.nn import model
 from mantra_jax.nn.config import ModelConfig
@@ -62,7 +63,7 @@ PREPROCESSING = "input: uint8 RGB, N x H x W x 3; inside the graph x / 255 * 2 -
 OUTPUT = "prob: float32 N x H x W, forgery probability per pixel (sigmoid inside the graph)"
 
 
-class ExportDependencyError(ImportError):
+class ExportDependencyError(UserError, ImportError):
     """An optional export dependency is missing; the message says what to install."""
 
 
@@ -100,8 +101,10 @@ def input_spec(cfg: ModelConfig) -> jax.ShapeDtypeStruct:
 
 
 def _check_cfg(cfg: ModelConfig):
+    from mantra_jax import checkpoint as checkpoint_lib
+
     if cfg.head != "ladn":
-        raise ValueError(
+        raise checkpoint_lib.CheckpointError(
             f"export needs an end-to-end ManTra-Net checkpoint (head 'ladn'); this one has the {cfg.head!r} "
             "head (an IMC classifier gives class maps, not forgery probabilities)"
         )

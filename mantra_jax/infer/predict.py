@@ -69,7 +69,7 @@ from mantra_jax import workdir
 from mantra_jax.data import images
 from mantra_jax.errors import UserError
 from mantra_jax.imc import taxonomy
-from mantra_jax.metrics.progress import ProgressLine
+from mantra_jax.metrics.progress import ProgressLine, printable
 from mantra_jax.metrics import pages, plots
 from mantra_jax.nn import featex, model, tiled
 from mantra_jax.nn.config import ModelConfig
@@ -245,43 +245,49 @@ def write_png(path, image) -> None:
 # --------------------------------------------------------------------------------------------
 # Folders of images (the command line: experiments/predict.py)
 # --------------------------------------------------------------------------------------------
-_LINK_LOOP = "a symbolic link loop (or a link that cannot be resolved), not an image"
-
-
 def collect_inputs(paths: Sequence[str], exclude: Optional[Path] = None
                    ) -> tuple[list[Path], list[tuple[str, str]], bool, int]:
     """(image files, (path, reason) of inputs left out, whether a folder was given, how many
     images of the folders were left out because they lie under `exclude`).
 
     Folders are searched recursively; files under `exclude` (the output folder) are left out, so
-    that earlier outputs are never taken for inputs. Missing inputs and symbolic link loops are
-    left out with a reason."""
+    that earlier outputs are never taken for inputs. Every other entry that is not an image file
+    is left out with a reason (images.list_images, images.file_problem): missing inputs, other
+    file names, broken links and link loops, FIFOs, folders that cannot be read."""
     files, skipped, any_folder, n_excluded = [], [], False, 0
     excluded = exclude.resolve() if exclude is not None else None
+
+    def in_out(path) -> bool:  # the folder holding it resolved (a link loop itself is not followed)
+        folder = Path(os.path.realpath(Path(path).parent))
+        return excluded is not None and (excluded == folder or excluded in folder.parents)
+
     for p in map(Path, paths):
         if p.is_dir():
             any_folder = True
-            for f in images.list_images(p):
-                if excluded is not None:
-                    try:
-                        resolved = f.resolve()
-                    except (RuntimeError, OSError):  # RuntimeError: "Symlink loop" before Python 3.13
-                        skipped.append((str(f), _LINK_LOOP))
-                        continue
-                    if excluded == resolved or excluded in resolved.parents:
-                        n_excluded += 1
-                        continue
+            others: list = []
+            for f in images.list_images(p, others):
+                if in_out(f.resolve()):
+                    n_excluded += 1
+                    continue
                 files.append(f)
-        elif p.is_file():
-            files.append(p)
-        elif p.is_symlink():
-            skipped.append((str(p), "a broken symbolic link or " + _LINK_LOOP[2:]))
+            skipped += [(path, reason) for path, reason in others if not in_out(path)]
         else:
-            skipped.append((str(p), "no such file or folder"))
+            problem = images.file_problem(p)
+            if problem is None:
+                files.append(p)
+            else:
+                skipped.append((str(p), problem))
     return files, skipped, any_folder, n_excluded
 
 
+# The longest ending written after a stem ("_trace_L5.png", "_overlay.png") and a "-N" of
+# _unique_stem fit beside a stem of this many bytes in a file name of 255 bytes.
+_MAX_STEM_BYTES = 255 - 24
+
+
 def _unique_stem(stem: str, used: set) -> str:
+    while len(os.fsencode(stem)) > _MAX_STEM_BYTES:  # a long name: shortened, kept unique below
+        stem = stem[:-1]
     name, n = stem, 1
     while name in used:
         n += 1
@@ -305,9 +311,7 @@ def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.S
     if checkpoint is None and trace_checkpoint is None:
         raise UserError("give a ManTra-Net checkpoint (--checkpoint) for forgery masks, an IMC checkpoint "
                         "(--trace_checkpoint) for manipulation maps, or both")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder: give a folder for the outputs")
+    out = workdir.check_output_folder(out)
     predictor = tracer = None  # loaded before the folder is touched: a refused run changes nothing
     if checkpoint is not None:
         predictor = _load(Predictor, checkpoint, "checkpoint", "ladn", step=step, dtype=precision, tile=tile,
@@ -324,7 +328,7 @@ def predict_folder(checkpoint, inputs: Sequence[str], out, *, step: provenance.S
     with workdir.output_folder(out, what="predict run", overwrite=overwrite):
         files, skipped, any_folder, n_excluded = collect_inputs(inputs, exclude=out)
         for path, reason in skipped:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
+            print(printable(f"skipped {path}: {reason}"), file=sys.stderr)
         if n_excluded:
             print(f"{n_excluded} image(s) left out because they lie in the output folder {out} (earlier outputs "
                   "are never inputs)", file=sys.stderr)
@@ -407,11 +411,12 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
         page.set_headline(headline, figures=figures)
     (out / "run.json").write_text(json.dumps(record, indent=1))
     progress = ProgressLine(len(files), "predict", min_interval_s=0.0) if any_folder or len(files) > 1 else None
-    say = progress.message if progress is not None else lambda t: print(t, file=sys.stderr)
+    say = progress.message if progress is not None else lambda t: print(printable(t), file=sys.stderr)
     used_stems: set = set()
     processed, page_written = 0, time.monotonic()
     page.write(refresh_seconds=round(PAGE_INTERVAL_S))
-    with open(out / "summary.csv", "w", newline="") as summary_file:
+    # Any file name: one that is not UTF-8 is written with its odd bytes as \udcXX escapes.
+    with open(out / "summary.csv", "w", newline="", encoding="utf-8", errors="backslashreplace") as summary_file:
         summary = csv.writer(summary_file)
         summary.writerow(fields)
         for i, path in enumerate(files, start=1):
@@ -477,7 +482,8 @@ def _predict_into(predictor: Optional[Predictor], tracer, files, skipped, any_fo
 def _write_skipped(out: Path, skipped):
     if not skipped:
         return
-    with open(out / "skipped.csv", "w", newline="") as f:
+    path = out / "skipped.csv"
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         writer = csv.writer(f)
         writer.writerow(("file", "error"))
         writer.writerows(skipped)

@@ -88,7 +88,7 @@ def href(target: Path, folder: Path) -> str:
     HTML-escaped attribute value."""
     try:
         rel = Path(os.path.relpath(target, folder)).as_posix()
-        url = urllib.parse.quote(rel)
+        url = urllib.parse.quote(rel, errors="surrogateescape")  # a name that is not UTF-8: its bytes
     except ValueError:  # another drive (Windows): no relative path exists
         url = target.absolute().as_uri()
     return html.escape(url, quote=True)
@@ -323,7 +323,8 @@ class RunPage:
         goes on, `refresh_seconds` makes a browser reload the page by itself (a meta refresh)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for name in PAGES:
-            _write_atomically(self.folder / name, self._page(name, refresh_seconds).encode("utf-8"))
+            _write_atomically(self.folder / name,
+                              self._page(name, refresh_seconds).encode("utf-8", "backslashreplace"))
         return self.folder / "index.html"
 
 

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mantra_jax.errors import BadSetting
+
 DEFAULT_BINS = 1024
 FIXED_THRESHOLD = 0.5
 # A float32 sigmoid may overshoot [0, 1] by rounding; anything beyond this is a predictor bug
@@ -106,7 +108,7 @@ class ImageStats:
 def check_bins(bins: int) -> int:
     """Returns ``bins`` if it is a power of two >= 2, so that 0.5 is an exact bin edge."""
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2 or bins & (bins - 1):
-        raise ValueError(f"bins must be a power of two >= 2 (so that 0.5 is an exact bin edge), got {bins!r}")
+        raise BadSetting(f"bins must be a power of two >= 2 (so that 0.5 is an exact bin edge), got {bins!r}")
     return int(bins)
 
 
@@ -482,12 +484,26 @@ def save_stats(path: str | Path, stats: Sequence[ImageStats], *, bins: int = DEF
 
 def load_stats(path: str | Path) -> list[ImageStats]:
     """Reads statistics written by :func:`save_stats`."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # np.load would call any other file "pickled data"
+            raise ValueError(f"{path}: not a statistics file written by save_stats (not an .npz archive)")
     with np.load(path, allow_pickle=False) as data:
         missing = [k for k in _STATS_KEYS if k not in data.files]
         if missing:
             raise ValueError(f"{path}: not a statistics file written by save_stats (missing {missing})")
         arrays = {k: data[k] for k in _STATS_KEYS}
         ragged = {k: data[k] for k in _VALUE_KEYS} if all(k in data.files for k in _VALUE_KEYS) else None
+    n = arrays["names"].shape[0] if arrays["names"].ndim == 1 else -1
+    hist_shapes = {arrays[k].shape for k in ("hist_forged", "hist_pristine")}
+    if (n < 0 or any(arrays[k].shape != (n,) for k in _STATS_KEYS if not k.startswith("hist"))
+            or len(hist_shapes) != 1 or len(next(iter(hist_shapes))) != 2 or next(iter(hist_shapes))[0] != n):
+        raise ValueError(f"{path}: its arrays do not agree in length or shape ("
+                         + ", ".join(f"{k} {arrays[k].shape}" for k in _STATS_KEYS) + ")")
+    if ragged is not None:
+        offsets, flags = ragged["value_offsets"], ragged["has_values"]
+        shortest = min(len(ragged[k]) for k in ("values", "value_forged", "value_pristine"))
+        if offsets.shape != (n + 1,) or flags.shape != (n,) or int(offsets[-1]) > shortest:
+            raise ValueError(f"{path}: its exact-value arrays do not agree with its {n} images")
 
     def exact(i):
         if ragged is None or not ragged["has_values"][i]:

@@ -48,6 +48,12 @@ class Progress:
         print(self.line(step, loss, extra), file=self.stream, flush=True)
 
 
+def printable(text: str) -> str:
+    """`text` as any stream can write it: a file name that is not UTF-8 (its odd bytes held as
+    surrogates) with those bytes as \\udcXX escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class ProgressLine:
     """A progress line for loops over files (count, rate, ETA, the current item) on stderr: one
     refreshed line on a terminal, at most one line a second otherwise."""
@@ -66,7 +72,7 @@ class ProgressLine:
         self._last = now
         rate = done / (now - self._start) if now > self._start else float("nan")
         eta = (self.total - done) / rate if rate > 0 else float("nan")
-        line = f"[{self.label}] {done}/{self.total}  {rate:.2f}/s  ETA {_fmt_seconds(eta)}  {item}".rstrip()
+        line = printable(f"[{self.label}] {done}/{self.total}  {rate:.2f}/s  ETA {_fmt_seconds(eta)}  {item}".rstrip())
         if self.interactive:
             self.stream.write("\r" + line[:150].ljust(150) + ("\n" if done >= self.total else ""))
         else:
@@ -75,7 +81,7 @@ class ProgressLine:
 
     def message(self, text: str):
         """A line of its own (e.g. a skipped file), not overwritten by the next update."""
-        print(("\n" if self.interactive else "") + text, file=self.stream, flush=True)
+        print(("\n" if self.interactive else "") + printable(text), file=self.stream, flush=True)
 
 
 class MetricsWriter:

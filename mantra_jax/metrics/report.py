@@ -97,7 +97,7 @@ def write_per_image_csv(path: str | Path, rows: Iterable[Mapping]) -> None:
     rows = list(rows)
     extra = sorted({k for row in rows for k in row} - set(PER_IMAGE_COLUMNS))
     columns = [c for c in PER_IMAGE_COLUMNS if any(c in row for row in rows)] + extra
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:  # any file name
         writer = csv.DictWriter(f, fieldnames=columns or list(PER_IMAGE_COLUMNS))
         writer.writeheader()
         for row in rows:
@@ -117,6 +117,6 @@ def write_report(out_dir: str | Path, summary: Mapping, rows: Iterable[Mapping],
     report = dict(_json_safe(summary))
     report["skipped"] = _json_safe(skipped)
     paths["json"].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    paths["markdown"].write_text(markdown_report(report, skipped))
+    paths["markdown"].write_text(markdown_report(report, skipped), encoding="utf-8", errors="backslashreplace")
     write_per_image_csv(paths["csv"], rows)
     return paths

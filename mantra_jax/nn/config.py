@@ -86,6 +86,20 @@ class ModelConfig:
     bn_epsilon: float = 1e-3
 
     def __post_init__(self):
+        sizes = {"widths": [w for block in self.widths for w in block], "feature_dim": [self.feature_dim],
+                 "num_classes": [self.num_classes], "adapt_dim": [self.adapt_dim],
+                 "lstm_filters": [self.lstm_filters], "lstm_kernel": [self.lstm_kernel],
+                 "pred_kernel": [self.pred_kernel]}
+        for name, values in sizes.items():
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{name} must be positive whole numbers, got {getattr(self, name)!r}")
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 0
+               for v in (self.regular_filters, self.bayar_filters)):
+            raise ValueError(f"regular_filters and bayar_filters must be whole numbers >= 0, got "
+                             f"{self.regular_filters!r} and {self.bayar_filters!r}")
+        if not (0 <= self.bn_momentum < 1 and self.bn_epsilon > 0):
+            raise ValueError(f"bn_momentum must be in [0, 1) and bn_epsilon > 0, got {self.bn_momentum!r} "
+                             f"and {self.bn_epsilon!r}")
         if self.head not in ("ladn", "imc"):
             raise ValueError(f"head must be 'ladn' or 'imc', got {self.head!r}")
         if self.anomaly not in ANOMALY_FEATURES:

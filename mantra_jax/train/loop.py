@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mantra_jax import checkpoint as ckpt_lib
 from mantra_jax import workdir as workdir_lib
-from mantra_jax.errors import UserError
+from mantra_jax.errors import BadSetting, UserError, deferred_sigterm, sigterm, stop_point
 from mantra_jax.metrics import progress as reporting
 from mantra_jax.nn import config as config_lib
 from mantra_jax.nn import model as model_lib
@@ -74,13 +73,17 @@ class LoopConfig:
         config_lib.dtype(self.precision)  # a known precision name
         for name in ("batch_size", "epochs", "steps_per_epoch", "checkpoint_every", "keep", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not self.grad_clip_norm >= 0:
-            raise ValueError(f"grad_clip_norm must be >= 0 (0: off), got {self.grad_clip_norm}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be > 0 (or None: no limit), got {self.max_seconds}")
+                raise BadSetting(f"{name} must be >= 1, got {getattr(self, name)}")
+        # Written so that NaN fails each test (every comparison with NaN is false).
+        if not 0 < self.learning_rate < math.inf:
+            raise BadSetting(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.grad_clip_norm < math.inf:
+            raise BadSetting(f"grad_clip_norm must be >= 0 (0: off), got {self.grad_clip_norm}")
+        if not 0 <= self.plateau_factor <= 1:
+            raise BadSetting(f"plateau_factor must be in [0, 1], got {self.plateau_factor}")
+        if self.max_seconds is not None and not 0 < self.max_seconds < math.inf:
+            raise BadSetting(f"max_seconds must be > 0 (or None: no limit), got {self.max_seconds}")
+        ckpt_lib.check_directory_name(self.workdir)
 
     @property
     def total_steps(self) -> int:
@@ -174,30 +177,6 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-class _Preemption:
-    """SIGTERM sets a flag; the loop saves and exits cleanly at the next step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, no preemption support
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        log.warning("SIGTERM received: saving a checkpoint and stopping")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-
 def _on_any_process(*flags: bool) -> tuple[bool, ...]:
     """Each flag, true where it is true on any process: every process must stop at the same step."""
     if jax.process_count() == 1:
@@ -238,7 +217,12 @@ def train(task: Task, cfg: LoopConfig, *, on_step: Optional[Callable[[int], None
     """
     started = time.monotonic()
     workdir = Path(cfg.workdir).absolute()
+    with sigterm():  # from here to the report, SIGTERM stops the run losing nothing (errors.sigterm)
+        stop_point("while starting, before the work directory was touched: nothing was lost")
+        return _train_locked(task, cfg, workdir, on_step, files, started)
 
+
+def _train_locked(task: Task, cfg: LoopConfig, workdir: Path, on_step, files, started: float) -> dict:
     # 1. Devices: one ("data",) mesh; parameters replicated, batches split.
     mesh = make_mesh(cfg.num_devices)
     n_dev, n_proc = mesh.devices.size, jax.process_count()
@@ -282,7 +266,15 @@ def _start_run(workdir: Path, task: Task, cfg: LoopConfig, files: dict):
     if recorded is None and (workdir / ckpt_lib.CONFIG_FILE).is_file():  # from before run.json
         recorded = {"model": config_lib.to_dict(ckpt_lib.read_model_config(workdir))}
     if cfg.overwrite:
-        deleted = workdir_lib.delete_run(workdir, RUN_ENTRIES + tuple(task.outputs))
+        entries = RUN_ENTRIES + tuple(task.outputs)
+        if workdir_lib.read_run(workdir) is None:  # no record: what is there is not known to be a run's
+            present = workdir_lib.present(workdir, entries)
+            if present:
+                raise UserError(
+                    f"--overwrite deletes only what a run recorded as its own, and {workdir} holds no run "
+                    f"record ({workdir_lib.RUN_FILE}) but {', '.join(present)}. Nothing was deleted: use a "
+                    f"new --workdir, or delete those yourself if they are an old run's.")
+        deleted = workdir_lib.delete_run(workdir, entries)
         if deleted:
             print(f"--overwrite: deleted the earlier run in {workdir}: {', '.join(deleted)}",
                   file=sys.stderr, flush=True)
@@ -302,6 +294,7 @@ def _start_run(workdir: Path, task: Task, cfg: LoopConfig, files: dict):
 
 
 def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_step, started: float) -> dict:
+    stop_point("while starting, before any step: nothing was lost (the work directory holds what it held)")
     is_main = jax.process_index() == 0
     dtype = config_lib.dtype(cfg.precision)
     n_proc = jax.process_count()
@@ -378,7 +371,9 @@ def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_ste
     progress = reporting.Progress(cfg.total_steps, cfg.batch_size, start_step=start)
     last_eval = (None, None, None)
     last = cfg.total_steps  # the last step of this call: earlier when the time limit stops it
-    with _Preemption() as preemption, _closing(checkpointer, writer):
+    stop_point(f"while starting, before any step: nothing was lost (the work directory holds "
+               f"{'the checkpoint of step %d' % start if start else 'no step yet'})")
+    with deferred_sigterm() as preemption, _closing(checkpointer, writer):
         for step in range(start + 1, cfg.total_steps + 1):
             batch = global_batch(next(train_iter), split)
             state, metrics = train_step(state, batch, jnp.float32(meta["lr_scale"]))
@@ -427,6 +422,8 @@ def _train(task: Task, cfg: LoopConfig, workdir: Path, mesh, val_batches, on_ste
         save(last)
 
     # 7. The final report, from the last state.
+    stop_point(f"during the final validation and report; the checkpoint of step {last} is saved, "
+               f"and the same command writes the report")
     summary, sums = last_eval[1:] if last_eval[0] == last else evaluate(state)
     if is_main:
         task.final_report(workdir, summary, sums)
