@@ -256,7 +256,10 @@ def measure_jax_row(spec: RowSpec, dtype_name: str, shapes: str, repeats: int) -
         from mantra_jax.infer.predict import Predictor
 
         cfg = model_config(spec.kind, shapes)
-        predictor = Predictor(cfg, harness.benchmark_variables(cfg), dtype=dtype_name, tile=spec.tile)
+        # `infer` is the whole-image pass (what the PyTorch peer runs; a user's --max_untiled_pixels),
+        # `infer_large` the tiled one; Predictor's default tiles every image at a few fixed shapes.
+        whole = {} if spec.tile is not None else {"max_untiled_pixels": spec.height * spec.width}
+        predictor = Predictor(cfg, harness.benchmark_variables(cfg), dtype=dtype_name, tile=spec.tile, **whole)
         rgb = np.random.default_rng(0).integers(0, 256, (spec.height, spec.width, 3), dtype=np.uint8)
 
         def call():

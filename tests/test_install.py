@@ -83,8 +83,14 @@ def test_pip_install_then_use_from_another_directory(tmp_path):
     # A command, as `python -m` and as its console script, finds its shipped flagfile from here.
     bin_dir = python.parent
     for command in ([str(python), "-m", "experiments.imc385"], [str(bin_dir / "mantra-imc385")]):
+        # The flags are parsed (the flagfile read: a missing one is an `error:` line, exit 2), then
+        # the command's help is shown, exit 0.
         shown = _run(command + ["--flagfile=experiments/flags/imc385_smoke.flags", "--helpshort"], elsewhere, env,
-                     check=False)  # --helpshort exits 1 after the help
+                     check=False)
         output = shown.stdout + shown.stderr
-        assert "Try --helpfull" in output and "FATAL" not in output, output[-2000:]
+        assert shown.returncode == 0 and "--helpfull lists every flag" in output, output[-2000:]
+        assert "error:" not in output and "FATAL" not in output, output[-2000:]
+        missing = _run(command + ["--flagfile=experiments/flags/no_such.flags", "--helpshort"], elsewhere, env,
+                       check=False)
+        assert missing.returncode == 2 and "error:" in missing.stderr, missing.stderr[-2000:]
     assert not (elsewhere / "runs").exists()  # --helpshort only parsed the flags

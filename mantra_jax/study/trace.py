@@ -53,6 +53,8 @@ RUNS = {
     # +-2.5: the frozen run's ConvLSTM gradient had fallen to 1/300 of the output layer's).
     "e2e_trace_half_freeze_sigmoid": (["--postprocess=false", "--init=half_freeze", "--lstm_gate=sigmoid"],
                                       "as e2e_trace_half_freeze, sigmoid ConvLSTM gates"),
+    "e2e_trace_sigmoid": (["--postprocess=false", "--lstm_gate=sigmoid"],
+                          "as e2e_trace_ppfalse, sigmoid ConvLSTM gates"),
 }
 BASELINE = "noise_baseline"
 IMAGE_SCORES = ("mean", "max", "p99_blur", "top1pct_mean")
