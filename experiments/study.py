@@ -92,24 +92,11 @@ def _commands() -> dict:
 # Data: the training photos and COVERAGE's two mask sets, as folders of links (nothing copied)
 # --------------------------------------------------------------------------------------------
 def prepare_data() -> None:
-    data = _out() / "data"
-    pristine = data / "pristine"
-    if not pristine.exists():
-        if not FLAGS.pristine_dir:
-            raise app.UsageError("--pristine_dir is required for the training runs")
-        source = Path(FLAGS.pristine_dir).absolute()
-        pristine.mkdir(parents=True)
-        for sub in FLAGS.pristine_subsets or [p.name for p in source.iterdir() if p.is_dir()]:
-            if not (source / sub).is_dir():
-                raise app.UsageError(f"{source / sub}: no such folder (--pristine_subsets)")
-            os.symlink(source / sub, pristine / sub)
-    if FLAGS.coverage_dir and not (data / "coverage_masks_all").exists():
-        coverage = Path(FLAGS.coverage_dir).absolute()
-        masks = data / "coverage_masks_all"
-        masks.mkdir(parents=True)
-        for mask in sorted((coverage / "mask").glob("*forged.tif")):
-            aligned = coverage / "mask_aligned" / mask.name
-            os.symlink(aligned if aligned.exists() else mask, masks / mask.name)
+    from mantra_jax.study import runs
+
+    runs.link_subsets(FLAGS.pristine_dir, _out() / "data" / "pristine", FLAGS.pristine_subsets)
+    if FLAGS.coverage_dir:
+        runs.link_coverage_masks(FLAGS.coverage_dir, _out() / "data" / "coverage_masks_all")
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,20 +109,9 @@ def run_training(name: str) -> None:
         return
     if name in ("e2e_half_freeze", "e2e_half_random") and not (_out() / "imc_hl5" / "final_metrics.json").exists():
         raise app.UsageError(f"{name} needs the finished imc_hl5 run first")
-    command = _commands()[name]
-    _log(f"{name}: {' '.join(command)}")
-    start = time.time()
-    result = subprocess.run(command)
-    elapsed = time.time() - start
-    workdir.mkdir(parents=True, exist_ok=True)
-    wall_path = workdir / "study_wall.json"
-    wall = json.loads(wall_path.read_text()) if wall_path.exists() else {"seconds": 0.0, "invocations": 0}
-    wall = {"seconds": wall["seconds"] + elapsed, "invocations": wall["invocations"] + 1}
-    wall_path.write_text(json.dumps(wall))
-    if result.returncode != 0 or not (workdir / "final_metrics.json").exists():
-        raise SystemExit(f"{name} stopped (exit {result.returncode}) after {elapsed:.0f} s; rerun the study to "
-                         "continue it")
-    _log(f"{name}: done in {elapsed / 60:.1f} min")
+    from mantra_jax.study import runs
+
+    runs.run_training(name, workdir, _commands()[name], _log)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 
 Parts (mantra_jax/study/trace.py), each resumable: probe (which features carry traces), train
 (the synthesis ablation, end to end from the IMC model), dev (COVERAGE and casia2_dev, development
-sets), diagnose (texture, objects or the paste), image_score (chosen on synthetic images). A rerun
+sets), diagnose (texture, objects or the paste), gates (does the anomaly network still learn),
+image_score (chosen on synthetic images). A rerun
 continues where it stopped. Nothing is chosen on the development sets.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ flags.DEFINE_list("references", ["content_splices=runs/study/e2e_half_random"],
                   "on content splices; a missing folder is left out).")
 flags.DEFINE_string("flagfile_e2e", "experiments/flags/trace_e2e.flags", "Flags of the end-to-end runs.")
 flags.DEFINE_integer("seed", 0, "Seed of every run and of the probe images.", lower_bound=0)
-flags.DEFINE_list("parts", ["probe", "train", "dev", "diagnose", "image_score"],
+flags.DEFINE_list("parts", ["probe", "train", "dev", "diagnose", "gates", "image_score"],
                   "Parts to run (add package to ship the chosen model as --package_dir).")
 flags.DEFINE_string("package_dir", "checkpoints/mantranet_small", "Where the package part ships the chosen model.")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from mantra_jax.eval import baselines
 from mantra_jax.metrics import pixel as pixel_metrics
@@ -117,3 +118,47 @@ def test_study_refuses_unknown_parts_and_a_missing_photo_folder(tmp_path):
     assert proc.returncode != 0 and "unknown --parts" in proc.stderr
     proc = _study(f"--out={tmp_path / 's'}", "--parts=results")
     assert proc.returncode != 0 and "--pristine_dir is required" in proc.stderr
+
+
+@pytest.mark.parametrize("gate", ["hard_sigmoid", "sigmoid"])
+def test_saturated_hard_sigmoid_gates_pass_no_gradient_to_the_convlstm(gate):
+    """What `diagnose.anomaly_network_health` measures: with every gate input pushed beyond the hard
+    sigmoid's flat ends, no gradient reaches the ConvLSTM; smooth gates still pass one."""
+    import jax
+
+    from mantra_jax.eval import diagnose
+    from mantra_jax.nn import config, model
+
+    cfg = config.make_config(width_scale=0.125, windows=(3,), lstm_gate=gate)
+    variables = model.init(jax.random.key(0), cfg)
+    lstm = variables["params"]["cLSTM"]
+    f = lstm["bias"].shape[0] // 4  # blocks i, f, c, o
+    # Gate inputs at 6: beyond the hard sigmoid's flat end, on the smooth sigmoid's slope; the cell
+    # input at 40, where tanh is flat in float32 for both, so only the gates can pass a gradient.
+    lstm["bias"] = np.concatenate([np.full(2 * f, 6.0), np.full(f, 40.0), np.full(f, 6.0)]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8),
+             "mask": (rng.random((2, 24, 24)) < 0.3).astype(np.uint8)}
+    health = diagnose.anomaly_network_health(cfg, variables, batch)
+    assert health["gate_inputs_beyond_2_5"] > 0.99
+    assert health["grad_norm_output"] > 0
+    if gate == "hard_sigmoid":
+        assert health["grad_norm_convlstm"] == 0.0
+    else:
+        assert health["grad_norm_convlstm"] > 0.0
+
+
+def test_a_study_run_records_its_wall_time_and_a_stopped_run_ends_the_study(tmp_path):
+    from mantra_jax.study import runs
+
+    done = tmp_path / "done"
+    write = (f"import pathlib; p = pathlib.Path({str(done / 'final_metrics.json')!r}); "
+             "p.parent.mkdir(exist_ok=True); p.write_text('{}')")
+    runs.run_training("done", done, [sys.executable, "-c", write], lambda m: None)
+    runs.run_training("done", done, [sys.executable, "-c", write], lambda m: None)
+    wall = json.loads((done / runs.WALL_FILE).read_text())
+    assert wall["invocations"] == 2 and wall["seconds"] > 0
+    with pytest.raises(SystemExit, match="stopped .exit 75. .*rerun the study"):
+        runs.run_training("stopped", tmp_path / "stopped", [sys.executable, "-c", "raise SystemExit(75)"],
+                          lambda m: None)
+    assert json.loads((tmp_path / "stopped" / runs.WALL_FILE).read_text())["invocations"] == 1

@@ -113,3 +113,38 @@ def diagnose_maps(maps: CachedMaps, pairs: Sequence, regions: dict[str, dict[str
         values = [r[key] for r in per_region if r[key] is not None]
         result[f"{key}_auc_mean"] = float(np.mean(values)) if values else None
     return result
+
+
+def anomaly_network_health(cfg, variables: dict, batch: dict) -> dict:
+    """Is a ManTra-Net's anomaly network still learning? On one batch ({"image": uint8 N x H x W x 3,
+    "mask": N x H x W}): the spread of its logits (near 0: the same answer everywhere), the mean
+    anomaly feature entering the ConvLSTM, the share of ConvLSTM gate inputs beyond the hard
+    sigmoid's flat ends (|z| > 2.5, input part), and the global norms of the training loss's
+    gradient reaching the ConvLSTM and the output layer (a ConvLSTM whose gradient is a tiny
+    fraction of the output layer's has stopped learning)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from mantra_jax.nn import featex, ladn, layers
+    from mantra_jax.nn import model as model_lib
+
+    params, stats = variables["params"], variables["batch_stats"]
+    x = model_lib.preprocess(batch["image"])
+    mask = jnp.asarray(batch["mask"], jnp.float32)
+
+    def loss(p):
+        out = model_lib.apply({"params": p, "batch_stats": stats}, x, cfg, train=True)
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(out["logits"], mask))
+
+    grads = jax.grad(loss)(params)
+    y, _ = ladn.adapt(params, stats, featex.apply(params["Featex"], x, cfg), cfg, train=False)
+    mean, std = ladn.global_moments(y)
+    z = ladn.anomaly_features(params, y, mean, std, cfg)
+    n, t, h, w, c = z.shape
+    xz = layers.conv(z.reshape(n * t, h, w, c), params["cLSTM"]["kernel"], params["cLSTM"]["bias"], padding="SAME")
+    logits = model_lib.apply(variables, x, cfg)["logits"]
+    return {"logit_std": float(jnp.std(logits)), "anomaly_feature_mean": float(jnp.mean(z)),
+            "gate_inputs_beyond_2_5": float(jnp.mean(jnp.abs(xz) > 2.5)),
+            "grad_norm_convlstm": float(optax.global_norm(grads["cLSTM"])),
+            "grad_norm_output": float(optax.global_norm(grads["pred"]))}

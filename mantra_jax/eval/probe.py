@@ -162,21 +162,22 @@ def logistic_score(x_NxD: np.ndarray, fitted) -> np.ndarray:
 
 
 def run_probe(extractor: Extractor, fit: Sequence[ProbeImage], test: Sequence[ProbeImage], *,
-              window: int = 15, pixels_per_image: int = 2000, seed: int = 0, energy: bool = True) -> dict[str, float]:
+              window: int = 15, pixels_per_image: int = 2000, seed: int = 0, with_energy: bool = True) -> dict[str, float]:
     """Pixel AUC of a linear probe per operation on `test`, and their mean ("all").
 
     One probe per operation (a trace the features carry may move a statistic up or down: one
     readout for all of them would measure the readout, not the features), fitted on
     `pixels_per_image` random pixels of each `fit` image of that operation (half inside the region
     where it has that many) and scored on every pixel of the test images of that operation
-    (pooled exact AUC, ties counting half)."""
+    (pooled exact AUC, ties counting half). Without `with_energy`, the probe reads the Z-scores
+    alone (`deviation_descriptors`)."""
     rng = np.random.default_rng(seed)
     descriptors = {}
 
     def described(sample):
         key = id(sample)
         if key not in descriptors:
-            d = deviation_descriptors(extractor(sample.image), window, energy)
+            d = deviation_descriptors(extractor(sample.image), window, with_energy)
             descriptors[key] = d.reshape(-1, d.shape[-1])
         return descriptors[key]
 

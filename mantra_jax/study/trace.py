@@ -14,6 +14,8 @@ its checkpoint), run in this order by `run`:
   where the released ones do not fit) and casia2_dev; maps cached per model (`diagnose.CachedMaps`).
 - ``diagnose``: what the COVERAGE maps follow (texture, the pasted region against its source and
   against the genuine look-alike object).
+- ``gates``: whether each run's anomaly network still learns (`diagnose.anomaly_network_health`:
+  the logits' spread and the gradient reaching its ConvLSTM against the output layer's).
 - ``image_score``: image-level scores of a map, chosen on synthetic images (half forged, half
   untouched, from the test patches) and then reported on COVERAGE against its originals.
 - ``package`` (only when asked): the model of `shipping_choice` into `package_dir`.
@@ -27,15 +29,16 @@ on the probe's content-neutral synthetic test images (the "map of" rows of probe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from mantra_jax.study import runs
 
 # name -> (flags added to the study's end-to-end flagfile, what the run changes)
 RUNS = {
@@ -57,6 +60,9 @@ RUNS = {
                           "as e2e_trace_ppfalse, sigmoid ConvLSTM gates"),
 }
 BASELINE = "noise_baseline"
+# Read also through the anomaly network's own statistic alone (no energy ratio): do its Z-scores
+# see the trace these features carry?
+ZSCORE_ONLY_ROWS = ("first layer (SRM + Bayar), random", "Featex, IMC-385 (imc_small)")
 IMAGE_SCORES = ("mean", "max", "p99_blur", "top1pct_mean")
 
 
@@ -81,22 +87,9 @@ class TraceStudy:
 
     def prepare(self) -> None:
         """Links the training photo subsets and COVERAGE's best mask set (nothing copied)."""
-        if not self.photos.exists():
-            if self.pristine_dir is None:
-                raise ValueError("the photo folder is needed for the training runs")
-            self.photos.mkdir(parents=True)
-            for sub in self.pristine_subsets:
-                source = Path(self.pristine_dir).absolute() / sub
-                if not source.is_dir():
-                    raise ValueError(f"{source}: no such folder")
-                os.symlink(source, self.photos / sub)
-        masks = self.out / "data" / "coverage_masks_all"
-        if self.coverage_dir and not masks.exists():
-            coverage = Path(self.coverage_dir).absolute()
-            masks.mkdir(parents=True)
-            for mask in sorted((coverage / "mask").glob("*forged.tif")):
-                aligned = coverage / "mask_aligned" / mask.name
-                os.symlink(aligned if aligned.exists() else mask, masks / mask.name)
+        runs.link_subsets(self.pristine_dir, self.photos, self.pristine_subsets)
+        if self.coverage_dir:
+            runs.link_coverage_masks(self.coverage_dir, self.out / "data" / "coverage_masks_all")
 
     def _index(self):
         from mantra_jax.data import photos
@@ -174,13 +167,18 @@ class TraceStudy:
         if BASELINE not in table:
             table[BASELINE] = {"readout": "its own map", **probe.map_auc(baselines.noise_inconsistency, test)}
             path.write_text(json.dumps(table, indent=1))
-        for name, build in self._extractors().items():
-            if name in table:
+        extractors = self._extractors()
+        rows = [(name, name, True) for name in extractors]
+        rows += [(f"{name}, Z-scores only", name, False) for name in ZSCORE_ONLY_ROWS]
+        for key, name, with_energy in rows:
+            if key in table:
                 continue
             start = time.time()
-            table[name] = {"readout": "linear probe", **probe.run_probe(build(), fit, test, seed=self.seed),
-                           "seconds": round(time.time() - start, 1)}
-            self.log(f"probe {name}: all {table[name]['all']:.3f}")
+            readout = "linear probe" if with_energy else "linear probe, Z-scores only"
+            table[key] = {"readout": readout, **probe.run_probe(extractors[name](), fit, test, seed=self.seed,
+                                                                with_energy=with_energy),
+                          "seconds": round(time.time() - start, 1)}
+            self.log(f"probe {key}: all {table[key]['all']:.3f}")
             path.write_text(json.dumps(table, indent=1))
         from mantra_jax.infer.predict import Predictor
 
@@ -202,38 +200,23 @@ class TraceStudy:
                 for name, (extra, _) in RUNS.items()}
 
     def run_training(self, name: str) -> None:
-        workdir = self.out / name
-        if (workdir / "final_metrics.json").exists():
-            return
-        command = self.commands()[name]
-        self.log(f"{name}: {' '.join(command)}")
-        start = time.time()
-        result = subprocess.run(command)
-        elapsed = time.time() - start
-        workdir.mkdir(parents=True, exist_ok=True)
-        wall_path = workdir / "study_wall.json"
-        wall = json.loads(wall_path.read_text()) if wall_path.exists() else {"seconds": 0.0, "invocations": 0}
-        wall_path.write_text(json.dumps({"seconds": wall["seconds"] + elapsed, "invocations": wall["invocations"] + 1}))
-        if result.returncode != 0 or not (workdir / "final_metrics.json").exists():
-            raise RuntimeError(f"{name} stopped (exit {result.returncode}) after {elapsed:.0f} s; rerun the study "
-                               "to continue it")
+        if not (self.out / name / "final_metrics.json").exists():
+            runs.run_training(name, self.out / name, self.commands()[name], self.log)
 
     def _predict_fn(self, name: str, path: Path | None):
         from mantra_jax.eval import baselines
         from mantra_jax.eval.diagnose import CachedMaps
 
         if name == BASELINE:
-            fn = baselines.noise_inconsistency
-        else:
-            predictor = []  # loaded on the first map that is not cached
+            return CachedMaps(baselines.noise_inconsistency, self.out / "maps" / name)
 
-            def fn(rgb):
-                if not predictor:
-                    from mantra_jax.infer.predict import Predictor
+        @functools.cache
+        def predictor():  # loaded on the first map that is not cached
+            from mantra_jax.infer.predict import Predictor
 
-                    predictor.append(Predictor.from_checkpoint(path))
-                return predictor[0].predict(rgb)
-        return CachedMaps(fn, self.out / "maps" / name)
+            return Predictor.from_checkpoint(path)
+
+        return CachedMaps(lambda rgb: predictor().predict(rgb), self.out / "maps" / name)
 
     def dev_sets(self) -> dict[str, tuple]:
         from mantra_jax.eval import datasets
@@ -254,8 +237,9 @@ class TraceStudy:
     def run_dev(self) -> None:
         from mantra_jax.eval.evaluate import EvaluationOptions, run_evaluation
 
+        sets = self.dev_sets()
         for name, path in {**self.models(), BASELINE: None}.items():
-            for set_name, (pairs, skipped, authentic, preset) in self.dev_sets().items():
+            for set_name, (pairs, skipped, authentic, preset) in sets.items():
                 out = self.out / "eval" / name / set_name
                 if (out / "report.json").exists():
                     continue
@@ -280,11 +264,31 @@ class TraceStudy:
                 path.write_text(json.dumps(result, indent=1))
         return result
 
+    def run_gates(self) -> dict:
+        """`diagnose.anomaly_network_health` of every run with a checkpoint (finished or not: its
+        best step) on one fixed validation batch of the trace synthesis: gates.json."""
+        from mantra_jax import checkpoint
+        from mantra_jax.data import forgery_pipeline
+        from mantra_jax.eval import diagnose
+
+        path = self.out / "gates.json"
+        result = json.loads(path.read_text()) if path.exists() else {}
+        todo = [name for name in RUNS if name not in result and checkpoint.saved_steps(self.out / name)]
+        if not todo:
+            return result
+        batch = forgery_pipeline.make_val_batches(self._index(), seed=self.seed, n_per_type=3, batch_size=12,
+                                                  patch_size=128, self_donor_prob=0.5, donor_history_prob=1.0)[0]
+        for name in todo:
+            cfg, variables, record = checkpoint.load_model_at(self.out / name)
+            result[name] = {"step": record["step"], **diagnose.anomaly_network_health(cfg, variables, batch)}
+            self.log(f"gates {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in result[name].items()))
+            path.write_text(json.dumps(result, indent=1))
+        return result
+
     def run_image_score(self) -> dict:
         """Image-level scores chosen on synthetic images, reported on COVERAGE."""
         from mantra_jax.data import forgeries
         from mantra_jax.eval import datasets
-        from mantra_jax.metrics import pixel
 
         path = self.out / "image_score.json"
         result = json.loads(path.read_text()) if path.exists() else {}
@@ -295,31 +299,19 @@ class TraceStudy:
             donor = patches[(i + 1) % len(patches)]
             image, _, _ = forgeries.synthesize(None, patch, donor, rng, donor_history_prob=0.5)
             synthetic += [(image, 1), (patch, 0)]
-        for name in [*self.models(), BASELINE]:
+        coverage = []
+        if self.coverage_dir:
+            pairs, _, authentic, _ = self.dev_sets()["coverage"]
+            coverage = [(pair.image, 1) for pair in pairs] + [(a, 0) for a in authentic]
+        for name, checkpoint_dir in {**self.models(), BASELINE: None}.items():
             if name in result:
                 continue
-            maps = self._predict_fn(name, self.models().get(name))
-            scores = {s: [] for s in IMAGE_SCORES}
-            labels = []
-            for image, label in synthetic:
-                prob = maps(image)
-                labels.append(label)
-                for s in IMAGE_SCORES:
-                    scores[s].append(image_score(prob, s))
-            synth_auc = {s: pixel.roc_auc(scores[s], labels) for s in IMAGE_SCORES}
+            maps = self._predict_fn(name, checkpoint_dir)
+            synth_auc = _score_aucs(maps, synthetic)
             chosen = max(IMAGE_SCORES, key=lambda s: synth_auc[s])
-            entry = {"synthetic_auc": synth_auc, "chosen": chosen}
-            if self.coverage_dir:
-                pairs, _, authentic, _ = self.dev_sets()["coverage"]
-                cov_scores = {s: [] for s in IMAGE_SCORES}
-                cov_labels = []
-                for p, label in [(pair.image, 1) for pair in pairs] + [(a, 0) for a in authentic]:
-                    prob = maps(datasets.read_rgb(p))
-                    cov_labels.append(label)
-                    for s in IMAGE_SCORES:
-                        cov_scores[s].append(image_score(prob, s))
-                entry["coverage_auc"] = {s: pixel.roc_auc(cov_scores[s], cov_labels) for s in IMAGE_SCORES}
-            result[name] = entry
+            result[name] = {"synthetic_auc": synth_auc, "chosen": chosen}
+            if coverage:
+                result[name]["coverage_auc"] = _score_aucs(lambda p: maps(datasets.read_rgb(p)), coverage)
             self.log(f"image score {name}: chosen {chosen} (synthetic {synth_auc[chosen]:.3f})")
             path.write_text(json.dumps(result, indent=1))
         return result
@@ -382,6 +374,15 @@ class TraceStudy:
             for name, row in diag.items():
                 lines.append(f"| {name} | " + " | ".join(fmt(row.get(f"{k}_auc_mean")) for k in keys)
                              + f" | {fmt(row.get('texture_auc_mean'))} |")
+        gates = read(self.out / "gates.json")
+        if gates:
+            lines += ["", "## Does the anomaly network still learn? (one validation batch, each run's best step)", "",
+                      "| run | step | logit std | anomaly feature mean | gate inputs beyond +-2.5 | "
+                      "gradient: ConvLSTM | gradient: output layer |", "|---|---|---|---|---|---|---|"]
+            for name, row in gates.items():
+                lines.append(f"| {name} | {row['step']} | {fmt(row['logit_std'])} | {fmt(row['anomaly_feature_mean'])} | "
+                             f"{fmt(row['gate_inputs_beyond_2_5'])} | {row['grad_norm_convlstm']:.3g} | "
+                             f"{row['grad_norm_output']:.3g} |")
         scores = read(self.out / "image_score.json")
         if scores:
             lines += ["", "## Image-level scores: AUC on synthetic images (choice) and on COVERAGE", "",
@@ -425,11 +426,26 @@ class TraceStudy:
             self.run_dev()
         if "diagnose" in parts:
             self.run_diagnose()
+        if "gates" in parts:
+            self.run_gates()
         if "image_score" in parts:
             self.run_image_score()
         if "package" in parts:
             self.run_package(self.package_dir)
         self.write_results()
+
+
+def _score_aucs(score_map: Callable, items) -> dict[str, float]:
+    """AUC of every IMAGE_SCORES score of the maps of `items` ((input of score_map, label) pairs)."""
+    from mantra_jax.metrics import pixel
+
+    scores = {s: [] for s in IMAGE_SCORES}
+    for item, _ in items:
+        prob = score_map(item)
+        for s in IMAGE_SCORES:
+            scores[s].append(image_score(prob, s))
+    labels = [label for _, label in items]
+    return {s: pixel.roc_auc(scores[s], labels) for s in IMAGE_SCORES}
 
 
 def shipping_choice(probe_table: dict) -> str | None:
